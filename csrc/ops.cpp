@@ -1,0 +1,18 @@
+// The whole C++ surface of ssml_fast: every op schema, nothing else. Kernels live in cpu/ and cuda/;
+// autograd and fake (meta) kernels are attached from Python (ssml_fast/ops/).
+#include <torch/library.h>
+
+TORCH_LIBRARY(ssml_fast, m) {
+  // x: (B, D), y: (R, D), same float dtype and device -> (B, R) distances.
+  // metric: "euclidean" | "sqeuclidean" | "cosine" (1 - cosine similarity).
+  m.def("pairwise_distance(Tensor x, Tensor y, str metric) -> Tensor");
+  // grad, dist: (B, R) -> (grad_x (B, D), grad_y (R, D)).
+  m.def("pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor dist, str metric) -> (Tensor, Tensor)");
+
+  // dist: (B, R) anchor-to-reference distances; labels: (B,) int64; ref_labels: (R,) int64.
+  // exclude_diagonal: reference j == anchor i is never a positive (the reference set is the batch).
+  // mining: "all" | "hard" | "semihard"; reduction: "mean_nonzero" | "mean" | "sum".
+  // Returns (loss: 0-d, num_active: 0-d int64, num_triplets: 0-d int64, dloss_ddist: (B, R)).
+  m.def("triplet_margin_loss_from_dist(Tensor dist, Tensor labels, Tensor ref_labels, bool exclude_diagonal, "
+        "float margin, str mining, str reduction, bool soft) -> (Tensor, Tensor, Tensor, Tensor)");
+}

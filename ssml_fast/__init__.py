@@ -1,0 +1,15 @@
+"""ssml_fast: fast, exact deep metric learning for PyTorch, with and without labels."""
+import torch  # noqa: F401  (must load before _C: the extension links against libtorch)
+
+from . import _C
+from . import ops
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info() -> dict:
+    """How the compiled core was built: version, CUDA (and architectures), OpenMP, threads."""
+    return dict(_C.build_info())
+
+
+__all__ = ["ops", "build_info", "__version__"]

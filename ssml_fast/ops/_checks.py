@@ -1,0 +1,65 @@
+"""Input validation shared by every op: one place that turns bad input into errors naming the argument."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+def check_tensor(name: str, value) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_embeddings(name: str, emb) -> torch.Tensor:
+    """A (N, D) floating tensor."""
+    check_tensor(name, emb)
+    if emb.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(emb.shape)}")
+    if not emb.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {emb.dtype}")
+    return emb
+
+
+def check_labels(name: str, labels, n: int, device: torch.device) -> torch.Tensor:
+    """A (n,) integer tensor on `device`; returned as int64."""
+    check_tensor(name, labels)
+    if labels.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (int32 or int64), got {labels.dtype}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{name} has {labels.shape[0]} entries but the embeddings have {n} rows")
+    check_same_device(name, labels, device)
+    return labels.long()
+
+
+def check_same_device(name: str, t: torch.Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the embeddings are on {device}")
+
+
+def check_same_dim(name: str, emb: torch.Tensor, ref: torch.Tensor) -> None:
+    if emb.shape[1] != ref.shape[1]:
+        raise ValueError(f"{name} has dimension {ref.shape[1]} but the embeddings have {emb.shape[1]}")
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_nonnegative(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def compute_dtype(emb: torch.Tensor) -> torch.dtype:
+    """Half-precision inputs are computed (and accumulated) in float32."""
+    return emb.dtype if emb.dtype in (torch.float32, torch.float64) else torch.float32

@@ -1,0 +1,51 @@
+"""Pairwise distance matrix: one GEMM forward, two GEMMs backward (op `ssml_fast::pairwise_distance`)."""
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+
+DISTANCES = ("euclidean", "sqeuclidean", "cosine")
+
+
+@torch.library.register_fake("ssml_fast::pairwise_distance")
+def _pairwise_distance_fake(x, y, metric):
+    return x.new_empty((x.shape[0], y.shape[0]))
+
+
+@torch.library.register_fake("ssml_fast::pairwise_distance_backward")
+def _pairwise_distance_backward_fake(grad, x, y, dist, metric):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, metric = inputs
+    ctx.metric = metric
+    ctx.save_for_backward(x, y, output)
+
+
+def _backward(ctx, grad):
+    x, y, dist = ctx.saved_tensors
+    gx, gy = torch.ops.ssml_fast.pairwise_distance_backward(grad, x, y, dist, ctx.metric)
+    return gx, gy, None
+
+
+torch.library.register_autograd("ssml_fast::pairwise_distance", _backward, setup_context=_setup_context)
+
+
+def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, distance: str = "euclidean") -> torch.Tensor:
+    """Distances between the rows of x (B, D) and y (R, D) -> (B, R), differentiable in both.
+
+    distance: "euclidean" (||x - y||), "sqeuclidean" (||x - y||^2) or "cosine" (1 - cos(x, y)).
+    Embeddings are used as given (no normalisation) except by "cosine". float32/float64; half
+    precision is computed in float32. y=None means y = x.
+    """
+    _checks.check_embeddings("x", x)
+    if y is None:
+        y = x
+    _checks.check_embeddings("y", y)
+    _checks.check_same_dim("y", x, y)
+    _checks.check_same_device("y", y, x.device)
+    _checks.check_choice("distance", distance, DISTANCES)
+    dtype = _checks.compute_dtype(x)
+    return torch.ops.ssml_fast.pairwise_distance(x.to(dtype), y.to(dtype), distance)
