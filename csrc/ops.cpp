@@ -15,4 +15,14 @@ TORCH_LIBRARY(ssml_fast, m) {
   // Returns (loss: 0-d, num_active: 0-d int64, num_triplets: 0-d int64, dloss_ddist: (B, R)).
   m.def("triplet_margin_loss_from_dist(Tensor dist, Tensor labels, Tensor ref_labels, bool exclude_diagonal, "
         "float margin, str mining, str reduction, bool soft) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // ---- Memory banks (ssml_fast/memory). In place, no autograd (they run under no_grad). ----
+  // buffer: (S, ...) contiguous ring of S slots, any dtype; rows: (N, ...) same trailing shape and dtype;
+  // 0 <= ptr < S. Row k goes to slot (ptr + k) % S; with N > S only the last S rows are written, so the
+  // ring holds what N one-row enqueues would leave (strict FIFO). The caller advances ptr by N mod S.
+  m.def("queue_enqueue_(Tensor(a!) buffer, Tensor rows, int ptr) -> ()");
+  // bank: (N, D) contiguous float; ids: (B,) int64 in [0, N); feats: (B, D) bank's dtype; 0 <= momentum < 1.
+  // bank[id] = normalise(momentum * bank[id] + (1 - momentum) * f), f = the mean of the feats rows
+  // carrying that id (duplicates summed in ascending row order), normalise(x) = x / max(||x||, 1e-12).
+  m.def("bank_momentum_update_(Tensor(a!) bank, Tensor ids, Tensor feats, float momentum) -> ()");
 }

@@ -1,0 +1,38 @@
+#pragma once
+// Argument checks of the memory-bank ops, shared by every backend. The Python wrappers check user input
+// first with friendlier messages; these keep direct torch.ops calls from writing out of bounds.
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace ssml_fast {
+
+inline void check_enqueue_args(const at::Tensor& buffer, const at::Tensor& rows, int64_t ptr) {
+  TORCH_CHECK_VALUE(buffer.dim() >= 1 && buffer.size(0) > 0, "buffer must have at least one slot, got shape ",
+                    buffer.sizes());
+  TORCH_CHECK_VALUE(buffer.is_contiguous(), "buffer must be contiguous");
+  TORCH_CHECK_VALUE(rows.dim() == buffer.dim() && rows.sizes().slice(1) == buffer.sizes().slice(1),
+                    "rows must have shape (N, ", buffer.sizes().slice(1), "), got ", rows.sizes());
+  TORCH_CHECK_TYPE(rows.scalar_type() == buffer.scalar_type(), "rows has dtype ", rows.scalar_type(),
+                   " but buffer has ", buffer.scalar_type());
+  TORCH_CHECK_VALUE(rows.device() == buffer.device(), "rows is on ", rows.device(), " but buffer is on ",
+                    buffer.device());
+  TORCH_CHECK_VALUE(ptr >= 0 && ptr < buffer.size(0), "ptr must be in [0, ", buffer.size(0), "), got ", ptr);
+}
+
+inline void check_bank_update_args(const at::Tensor& bank, const at::Tensor& ids, const at::Tensor& feats,
+                                   double momentum) {
+  TORCH_CHECK_VALUE(bank.dim() == 2 && bank.is_contiguous(), "bank must be a contiguous (N, D) tensor, got shape ",
+                    bank.sizes());
+  TORCH_CHECK_TYPE(bank.is_floating_point(), "bank must be floating point, got ", bank.scalar_type());
+  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "ids must be int64, got ", ids.scalar_type());
+  TORCH_CHECK_VALUE(ids.dim() == 1, "ids must be 1-D, got shape ", ids.sizes());
+  TORCH_CHECK_VALUE(feats.dim() == 2 && feats.size(0) == ids.size(0) && feats.size(1) == bank.size(1),
+                    "feats must have shape (", ids.size(0), ", ", bank.size(1), "), got ", feats.sizes());
+  TORCH_CHECK_TYPE(feats.scalar_type() == bank.scalar_type(), "feats has dtype ", feats.scalar_type(),
+                   " but bank has ", bank.scalar_type());
+  TORCH_CHECK_VALUE(ids.device() == bank.device() && feats.device() == bank.device(),
+                    "bank, ids and feats must be on one device");
+  TORCH_CHECK_VALUE(momentum >= 0 && momentum < 1, "momentum must be in [0, 1), got ", momentum);
+}
+
+}  // namespace ssml_fast

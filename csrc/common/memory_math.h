@@ -1,0 +1,33 @@
+#pragma once
+// Per-element math of the memory-bank ops, shared by the CPU kernels (g++) and the CUDA kernels (nvcc).
+#include <cmath>
+#include <cstdint>
+#include "common/hd.h"
+
+namespace ssml_fast {
+
+// FIFO ring of `size` slots. Row k of an n-row batch enqueued at `ptr` lands in slot (ptr + k) % size.
+// With n > size the first n - size rows would be overwritten within the same call, so only the last
+// `size` rows are copied: the result is what n one-row enqueues in order would leave behind.
+SSML_HD int64_t enqueue_first_row(int64_t n, int64_t size) { return n > size ? n - size : 0; }
+
+SSML_HD int64_t ring_slot(int64_t ptr, int64_t k, int64_t size) { return (ptr + k) % size; }
+
+// Same rule as torch.nn.functional.normalize: x / max(||x||, eps).
+constexpr double kNormEps = 1e-12;
+
+template <typename A>
+SSML_HD A inv_norm(A sum_sq) {
+  using std::sqrt;
+  const A norm = sqrt(sum_sq);
+  return A(1) / (norm > A(kNormEps) ? norm : A(kNormEps));
+}
+
+// One coordinate of the momentum update before normalisation: m * old + (1 - m) * f, where f is the
+// mean of the `count` feature rows that share the slot's id (`feat_sum` their sum in ascending row order).
+template <typename A>
+SSML_HD A momentum_mix(A m, A old, A feat_sum, int64_t count) {
+  return m * old + (A(1) - m) * (feat_sum / static_cast<A>(count));
+}
+
+}  // namespace ssml_fast
