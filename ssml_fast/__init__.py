@@ -4,6 +4,7 @@ import torch  # noqa: F401  (must load before _C: the extension links against li
 from . import _C
 from . import ops
 from . import losses
+from . import miners
 
 __version__ = _C.build_info()["version"]
 
@@ -13,4 +14,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "losses", "build_info", "__version__"]
+__all__ = ["ops", "losses", "miners", "build_info", "__version__"]

@@ -1,0 +1,61 @@
+"""HistogramLoss (Ustinova & Lempitsky 2016; slides 004)."""
+from __future__ import annotations
+
+import torch
+
+from . import _pairs
+from .base import MetricLoss
+
+
+class HistogramLoss(MetricLoss):
+    """Probability that a random negative pair is more similar than a random positive pair:
+
+        L = sum_r h-_r * sum_{q <= r} h+_q,
+
+    h+ / h- the soft histograms (linear interpolation onto n_bins + 1 nodes evenly spaced on [-1, 1]) of
+    the cosine similarities of the unordered positive / negative pairs. As in PML, the pairs are those of
+    the batch's triplets: an unordered pair {i, j} counts when i or j is an anchor that has both a
+    positive and a negative (with labels), or the unique unordered (a, p) / (a, n) pairs of indices_tuple.
+    No positive or no negative pair -> 0 with zero gradient.
+    Call: loss(embeddings (B, D), labels (B,), indices_tuple=None); ref_emb is not supported.
+    """
+
+    def __init__(self, n_bins: int = 100):
+        super().__init__()
+        if isinstance(n_bins, bool) or not isinstance(n_bins, int):
+            raise TypeError(f"n_bins must be an int, got {type(n_bins).__name__}")
+        if n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+        self.n_bins = n_bins
+        self.delta = 2.0 / n_bins
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        if ref_emb is not None:
+            raise ValueError("HistogramLoss does not support ref_emb")
+        B = embeddings.shape[0]
+        s = _pairs.similarity(embeddings, None, "cosine")
+        if indices_tuple is None:
+            pos, neg = _pairs.label_masks(labels, None, True)
+            anchor = (pos.any(dim=1) & neg.any(dim=1))[:, None]
+            pos, neg = pos & anchor, neg & anchor
+        else:
+            a1, p, a2, n = _pairs.as_pairs(indices_tuple, B, B, s.device)
+            pos, neg = _pairs.pair_counts(a1, p, B, B, s.dtype, s.device) > 0, \
+                _pairs.pair_counts(a2, n, B, B, s.dtype, s.device) > 0
+        upper = torch.ones(B, B, dtype=torch.bool, device=s.device).triu(1)
+        pos = (pos | pos.T) & upper
+        neg = (neg | neg.T) & upper
+        if not bool(pos.any()) or not bool(neg.any()):
+            return _pairs.zero_loss(embeddings)
+        h_pos = self._density(s[pos])
+        h_neg = self._density(s[neg])
+        return (h_neg * torch.cumsum(h_pos, dim=0)).sum()
+
+    def _density(self, sims):
+        """Soft histogram of sims in [-1, 1] onto n_bins + 1 nodes, normalised to sum 1."""
+        r = torch.floor((sims.detach() + 1) / self.delta).long().clamp(0, self.n_bins - 1)
+        above = (sims + 1 - r * self.delta) / self.delta  # weight of node r + 1
+        below = ((r + 1) * self.delta - 1 - sims) / self.delta  # weight of node r
+        h = sims.new_zeros(self.n_bins + 1)
+        h = h.index_add(0, r + 1, above).index_add(0, r, below)
+        return h / sims.numel()

@@ -1,0 +1,71 @@
+"""NPairLoss (Sohn 2016; thesis eq 2.4)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import _checks
+from . import _pairs
+from .base import MetricLoss
+
+PAIRS = ("one_per_class", "all")
+
+
+class NPairLoss(MetricLoss):
+    """Multi-class N-pair loss log(1 + sum_k e^{S_ik - S_ij}).
+
+    pairs="one_per_class" (Sohn's N-pair batches; PML NPairsLoss): one (anchor, positive) pair per class
+      — per class the lowest-index sample that has a positive, with its lowest-index positive (or, with
+      indices_tuple, the first mined pair of each anchor label) — and cross entropy of each anchor
+      against all N chosen positives, i.e. log(1 + sum_{k != i} e^{S(a_i, p_k) - S(a_i, p_i)}), mean
+      over the N pairs.
+    pairs="all" (eq 2.4 over every positive pair): for each positive pair (i, j) of the batch,
+      log(1 + sum_{k in N_i} e^{S_ik - S_ij}), mean over positive pairs; O(B^2), no per-pair loop.
+    similarity: "cosine" (default; PML's default DotProductSimilarity normalises the embeddings) or "dot".
+    Call: loss(embeddings (B, D), labels (B,), indices_tuple=None); ref_emb is not supported.
+    """
+
+    def __init__(self, pairs: str = "one_per_class", similarity: str = "cosine"):
+        super().__init__()
+        self.pairs = _checks.check_choice("pairs", pairs, PAIRS)
+        self.similarity = _checks.check_choice("similarity", similarity, _pairs.SIMILARITIES)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        if ref_emb is not None:
+            raise ValueError("NPairLoss does not support ref_emb")
+        B = embeddings.shape[0]
+        if self.pairs == "all":
+            s = _pairs.similarity(embeddings, None, self.similarity)
+            pos_w, neg_w = _pairs.pair_weights(labels, None, indices_tuple, B, B, True, s.dtype, s.device)
+            neg_lse = _pairs.masked_logsumexp(s, neg_w, dim=1)
+            n_pos = pos_w.sum()
+            total = (F.softplus(neg_lse[:, None] - s) * pos_w).sum()
+            return torch.where(n_pos > 0, total / n_pos.clamp_min(1), total * 0)
+        a, p = self._one_pair_per_class(embeddings, labels, indices_tuple)
+        if a.numel() == 0:
+            return _pairs.zero_loss(embeddings)
+        logits = _pairs.similarity(embeddings[a], embeddings[p], self.similarity)
+        return F.cross_entropy(logits, torch.arange(a.numel(), device=a.device))
+
+    @staticmethod
+    def _one_pair_per_class(embeddings, labels, indices_tuple):
+        B, device = embeddings.shape[0], embeddings.device
+        if indices_tuple is None:
+            if labels is None:
+                raise ValueError("NPairLoss needs labels")
+            pos, _ = _pairs.label_masks(labels, None, True)
+            has_pos = pos.any(dim=1)
+            first_pos = pos.to(torch.uint8).argmax(dim=1)  # argmax returns the first maximum
+            a_all = torch.arange(B, device=device)[has_pos]
+            p_all = first_pos[has_pos]
+        else:
+            a_all, p_all, _, _ = _pairs.as_pairs(indices_tuple, B, B, device)
+            if labels is None:
+                raise ValueError("NPairLoss needs labels to pick one pair per class")
+        if a_all.numel() == 0:
+            return a_all, p_all
+        _, inv = torch.unique(labels[a_all], return_inverse=True)
+        order = torch.arange(a_all.numel(), device=device)
+        first = torch.full((int(inv.max()) + 1,), a_all.numel(), device=device, dtype=torch.long)
+        first = first.scatter_reduce(0, inv, order, reduce="amin")
+        return a_all[first], p_all[first]

@@ -1,0 +1,8 @@
+"""Miners returning PML-shaped index tuples for the losses' `indices_tuple`."""
+from .base import BaseMiner
+from .batch_hard_miner import BatchHardMiner
+from .distance_weighted_miner import DistanceWeightedMiner
+from .multi_similarity_miner import MultiSimilarityMiner
+from .semi_hard_miner import SemiHardMiner
+
+__all__ = ["BaseMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner", "SemiHardMiner"]

@@ -1,0 +1,29 @@
+"""MultiSimilarityMiner (Wang et al. 2019): informative pairs by relative similarity."""
+from __future__ import annotations
+
+import torch
+
+from ..losses import _pairs
+from ..ops import _checks
+from .base import BaseMiner
+
+
+class MultiSimilarityMiner(BaseMiner):
+    """Pairs (a1, p, a2, n) on the similarity s: a positive (a, p) is kept when s_ap - epsilon <
+    max over a's negatives of s_an; a negative (a, n) when s_an + epsilon > min over a's positives of
+    s_ap. Same pairs as PML's MultiSimilarityMiner (PML orders them by similarity within each anchor,
+    we by index). similarity: "cosine" (default) | "dot". O(B * R) memory."""
+
+    def __init__(self, epsilon: float = 0.1, similarity: str = "cosine"):
+        super().__init__()
+        self.epsilon = _pairs.check_real("epsilon", epsilon)
+        self.similarity = _checks.check_choice("similarity", similarity, _pairs.SIMILARITIES)
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        s = _pairs.similarity(embeddings, ref_emb, self.similarity)
+        pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
+        max_neg = s.masked_fill(~neg, -torch.inf).amax(dim=1, keepdim=True)
+        min_pos = s.masked_fill(~pos, torch.inf).amin(dim=1, keepdim=True)
+        a1, p = torch.where(pos & (s - self.epsilon < max_neg))
+        a2, n = torch.where(neg & (s + self.epsilon > min_pos))
+        return a1, p, a2, n

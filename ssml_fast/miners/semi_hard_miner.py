@@ -1,0 +1,48 @@
+"""SemiHardMiner: triplets whose negative is farther than the positive but inside the margin."""
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ..losses import _pairs
+from ..ops import _checks
+from .base import BaseMiner, empty_tuple
+
+MODES = ("all", "nearest")
+
+
+class SemiHardMiner(BaseMiner):
+    """Triplets (a, p, n) with d(a, p) < d(a, n) <= d(a, p) + margin.
+
+    mode="all" (PML TripletMarginMiner(type_of_triplets="semihard")): every such triplet, ordered by
+      (a, p, n). The output itself can be O(B * R^2); the work is done per positive pair against one row
+      (O(#pos pairs * R) memory), never over a B x R x R cube.
+    mode="nearest" (FaceNet, Schroff et al. 2015): per positive pair the nearest semi-hard negative, when
+      one exists inside the margin; sorted rows + searchsorted, O(B R log R + #pos pairs * R).
+    distance: "euclidean" | "sqeuclidean" | "cosine".
+    """
+
+    def __init__(self, margin: float = 0.2, distance: str = "euclidean", mode: str = "all"):
+        super().__init__()
+        self.margin = _checks.check_nonnegative("margin", margin)
+        self.distance = _checks.check_choice("distance", distance, ops.DISTANCES)
+        self.mode = _checks.check_choice("mode", mode, MODES)
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        d = ops.pairwise_distance(embeddings, ref_emb, self.distance)
+        pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
+        a, p = torch.where(pos)
+        if a.numel() == 0 or not bool(neg.any()):
+            return empty_tuple(3, d.device)
+        d_ap = d[a, p]
+        if self.mode == "all":
+            rows = d[a]  # (P, R)
+            ok = neg[a] & (rows > d_ap[:, None]) & (rows <= d_ap[:, None] + self.margin)
+            k, n = torch.where(ok)
+            return a[k], p[k], n
+        neg_sorted, neg_idx = d.masked_fill(~neg, torch.inf).sort(dim=1)
+        j = torch.searchsorted(neg_sorted[a].contiguous(), d_ap[:, None].contiguous(), right=True).squeeze(1)
+        j = j.clamp_max(d.shape[1] - 1)
+        d_an = neg_sorted[a, j]
+        ok = (d_an > d_ap) & (d_an <= d_ap + self.margin) & torch.isfinite(d_an)
+        return a[ok], p[ok], neg_idx[a, j][ok]
