@@ -82,8 +82,8 @@ def test_soft_margin(mining):
 def test_large_positive_sets_use_sorted_path():
     # Two classes: every anchor has ~B/2 positives, beyond the direct-scan threshold.
     emb, labels = make_batch(90, 2, seed=5)
-    for reduction in REDUCTIONS:
-        check_against_brute(emb, labels, margin=0.7, reduction=reduction)
+    for mining, reduction in itertools.product(MININGS, REDUCTIONS):
+        check_against_brute(emb, labels, margin=0.7, mining=mining, reduction=reduction)
 
 
 def test_ties_on_integer_grid():

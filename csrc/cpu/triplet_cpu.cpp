@@ -139,6 +139,31 @@ RowOut semihard_row(const T* d, const int64_t* ref_labels, int64_t R, int64_t li
     s.pos_idx.push_back(j);
   }
   if (s.pos.empty()) return out;
+  const int64_t P = static_cast<int64_t>(s.pos.size());
+  auto emit = [&](int64_t k, double n, int64_t jn) {
+    double dv = 0;
+    const double loss = triplet_term<double>(s.pos[k] - n + m, soft, &dv);
+    out.loss += loss;
+    out.active += loss > 0;
+    out.triplets += 1;
+    g[s.pos_idx[k]] += static_cast<T>(dv);
+    g[jn] -= static_cast<T>(dv);
+  };
+  if (P <= kDirectMaxPositives) {
+    // Per positive, the nearest negative strictly farther; scanning columns upward with a strict
+    // comparison keeps the lower column on ties, like the sorted path below.
+    s.sums.assign(P, 0.0);
+    s.counts.assign(P, -1);
+    for (int64_t j = 0; j < R; ++j) {
+      if (ref_labels[j] == li) continue;
+      const double n = d[j];
+      for (int64_t k = 0; k < P; ++k)
+        if (n > s.pos[k] && (s.counts[k] < 0 || n < s.sums[k])) { s.sums[k] = n; s.counts[k] = j; }
+    }
+    for (int64_t k = 0; k < P; ++k)
+      if (s.counts[k] >= 0 && s.sums[k] < s.pos[k] + m) emit(k, s.sums[k], s.counts[k]);
+    return out;
+  }
   // Candidates: negatives farther than the nearest positive and nearer than the farthest q.
   s.pairs.clear();
   for (int64_t j = 0; j < R; ++j) {
@@ -149,17 +174,11 @@ RowOut semihard_row(const T* d, const int64_t* ref_labels, int64_t R, int64_t li
   const int64_t nc = static_cast<int64_t>(s.pairs.size());
   s.vals.resize(nc);
   for (int64_t k = 0; k < nc; ++k) s.vals[k] = s.pairs[k].first;
-  for (size_t k = 0; k < s.pos.size(); ++k) {
+  for (int64_t k = 0; k < P; ++k) {
     const double p = s.pos[k];
     const int64_t first_farther = count_less_equal(s.vals.data(), nc, p);
-    if (first_farther == nc || !(s.vals[first_farther] < p + m)) continue;
-    double dv = 0;
-    const double loss = triplet_term<double>(p - s.vals[first_farther] + m, soft, &dv);
-    out.loss += loss;
-    out.active += loss > 0;
-    out.triplets += 1;
-    g[s.pos_idx[k]] += static_cast<T>(dv);
-    g[s.pairs[first_farther].second] -= static_cast<T>(dv);
+    if (first_farther < nc && s.vals[first_farther] < p + m)
+      emit(k, s.vals[first_farther], s.pairs[first_farther].second);
   }
   return out;
 }

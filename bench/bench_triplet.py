@@ -1,0 +1,35 @@
+"""Triplet loss, forward + backward, D = 128, 4 samples per class: ssml_fast vs PML vs plain PyTorch.
+
+Run: .venv/bin/python -m pytest bench/bench_triplet.py --benchmark-enable --benchmark-group-by=param:B
+Set SSML_BENCH_LARGE=1 for B = 4096 against PML (about 3 GB) and B = 8192 for ssml_fast.
+Each case also records the peak extra memory of one call (fresh process) in extra_info["peak_mb"].
+"""
+import os
+
+import pytest
+import torch
+
+from _peak_memory import peak_extra_mb
+from triplet_workloads import make_workload
+
+LARGE = os.environ.get("SSML_BENCH_LARGE") == "1"
+SIZES = [256, 1024] + ([4096, 8192] if LARGE else [])
+IMPLS = ["ssml_all", "ssml_hard", "ssml_semihard", "plain_pxk_all", "cdist_floor", "pml_all", "pml_hard"]
+
+
+def too_big(impl, B):
+    if B == 8192:
+        return impl not in ("ssml_all", "ssml_hard", "ssml_semihard", "cdist_floor")
+    return B >= 4096 and impl == "plain_pxk_all"
+
+
+@pytest.mark.parametrize("B", SIZES)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_triplet(benchmark, impl, B):
+    if too_big(impl, B):
+        pytest.skip("too large for this machine")
+    run = make_workload(impl, B)
+    benchmark.extra_info.update(threads=torch.get_num_threads(), B=B,
+                                peak_mb=peak_extra_mb("triplet_workloads", impl=impl, B=B))
+    slow = impl.startswith("pml") or B >= 4096
+    benchmark.pedantic(run, rounds=3 if slow else 15, warmup_rounds=1)
