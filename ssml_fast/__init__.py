@@ -4,7 +4,10 @@ import torch  # noqa: F401  (must load before _C: the extension links against li
 from . import _C
 from . import ops
 from . import losses
+from . import memory
 from . import miners
+from . import samplers
+from . import evaluation
 
 __version__ = _C.build_info()["version"]
 
@@ -14,4 +17,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "losses", "miners", "build_info", "__version__"]
+__all__ = ["ops", "losses", "memory", "miners", "samplers", "evaluation", "build_info", "__version__"]

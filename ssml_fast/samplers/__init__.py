@@ -1,0 +1,6 @@
+"""Batch samplers: P x K class-balanced batches and anchor + neighbour batches (STML, InsCLR)."""
+from .candidate_pool import CandidatePoolSampler
+from .m_per_class import MPerClassSampler
+from .nearest_neighbor import NearestNeighborBatchSampler
+
+__all__ = ["MPerClassSampler", "NearestNeighborBatchSampler", "CandidatePoolSampler"]
