@@ -1,5 +1,6 @@
 """Typed wrappers over the compiled ops (torch.ops.ssml_fast.*), with autograd and fake kernels."""
 from .distance import DISTANCES, pairwise_distance
+from .memory import bank_momentum_update_, queue_enqueue_
 from .triplet import MININGS, REDUCTIONS, TripletLoss, triplet_margin_loss
 
 __all__ = [
@@ -7,6 +8,8 @@ __all__ = [
     "MININGS",
     "REDUCTIONS",
     "TripletLoss",
+    "bank_momentum_update_",
     "pairwise_distance",
+    "queue_enqueue_",
     "triplet_margin_loss",
 ]

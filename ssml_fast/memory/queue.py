@@ -1,0 +1,163 @@
+"""FeatureQueue: a FIFO ring of (embedding, label, sample id) for MoCo negatives and cross-batch memory."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..ops import _checks
+from ..ops.memory import queue_enqueue_
+from ._topk import inner_product_topk
+
+MISSING = -1  # label / id stored for entries enqueued without one
+
+
+def check_size(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def distributed_world(group) -> int:
+    """World size of `group` when torch.distributed is initialised, else 1."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def all_gather_rows(rows: torch.Tensor, group=None) -> torch.Tensor:
+    """Concatenate every rank's rows (n_r, ...) in rank order; the ranks may hold different n_r."""
+    world = dist.get_world_size(group)
+    n = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
+    sizes = [torch.empty_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n, group=group)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+    padded = rows.new_zeros((longest, *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+class FeatureQueue(nn.Module):
+    """Ring buffer of the `size` most recent (embedding, label, id) rows, first-in-first-out.
+
+    Storage is allocated once: `embeddings` (size, dim) in `dtype`, `labels` and `ids` (size,) int64
+    (-1 where none was given). `enqueue` accepts any batch size, larger than the queue included (then
+    only its last `size` rows remain). Under torch.distributed (initialised, world size > 1, and
+    `gather=True`) every enqueue all-gathers the rows of all ranks in rank order, so all ranks hold the
+    identical queue; every rank must call enqueue the same number of times. The pointer and fill count
+    are part of the state dict, so a resumed run continues bit-identically.
+    """
+
+    def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32, device=None,
+                 gather: bool = True, process_group=None):
+        super().__init__()
+        check_size("size", size)
+        check_size("dim", dim)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        self.register_buffer("embeddings", torch.zeros((size, dim), dtype=dtype, device=device))
+        self.register_buffer("labels", torch.full((size,), MISSING, dtype=torch.long, device=device))
+        self.register_buffer("ids", torch.full((size,), MISSING, dtype=torch.long, device=device))
+        self.gather = bool(gather)
+        self.process_group = process_group
+        self.ptr = 0    # slot the next row goes to = the oldest entry once full
+        self.count = 0  # valid entries
+
+    @property
+    def size(self) -> int:
+        return self.embeddings.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def is_full(self) -> bool:
+        return self.count == self.size
+
+    @torch.no_grad()
+    def enqueue(self, emb: torch.Tensor, labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> None:
+        """Append emb (N, dim) with optional labels (N,) and sample ids (N,) (int); N may be 0 or > size."""
+        _checks.check_embeddings("emb", emb)
+        if emb.shape[1] != self.dim:
+            raise ValueError(f"emb has dimension {emb.shape[1]} but the queue holds {self.dim}")
+        device = self.embeddings.device
+        if emb.device != device:
+            raise ValueError(f"emb is on {emb.device} but the queue is on {device}")
+        n = emb.shape[0]
+        meta = torch.full((n, 2), MISSING, dtype=torch.long, device=device)
+        if labels is not None:
+            meta[:, 0] = _checks.check_labels("labels", labels, n, emb.device)
+        if ids is not None:
+            meta[:, 1] = _checks.check_labels("ids", ids, n, emb.device)
+        rows = emb.detach().to(self.embeddings.dtype)
+        if self.gather and distributed_world(self.process_group) > 1:
+            rows = all_gather_rows(rows, self.process_group)
+            meta = all_gather_rows(meta, self.process_group)
+            n = rows.shape[0]
+        if n == 0:
+            return
+        ptr = self.ptr
+        queue_enqueue_(self.embeddings, rows, ptr)
+        queue_enqueue_(self.labels, meta[:, 0], ptr)
+        self.ptr = queue_enqueue_(self.ids, meta[:, 1], ptr)
+        self.count = min(self.count + n, self.size)
+
+    def view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embeddings, labels, ids) of the valid entries in storage order, without copying (views of
+        the ring: they change on the next enqueue). Oldest-first only while the queue is not full."""
+        return self.embeddings[: self.count], self.labels[: self.count], self.ids[: self.count]
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Copies of the valid (embeddings (n, dim), labels (n,), ids (n,)), oldest first."""
+        if not self.is_full:
+            return tuple(t[: self.count].clone() for t in (self.embeddings, self.labels, self.ids))
+        return tuple(torch.cat([t[self.ptr:], t[: self.ptr]]) for t in (self.embeddings, self.labels, self.ids))
+
+    def reset(self) -> None:
+        """Empty the queue (storage is kept)."""
+        self.labels.fill_(MISSING)
+        self.ids.fill_(MISSING)
+        self.embeddings.zero_()
+        self.ptr = self.count = 0
+
+    @torch.no_grad()
+    def topk(self, query: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None):
+        """The k stored entries with the largest inner product with each query row (GEMM + top-k).
+
+        query (Q, dim); exclude_ids (Q,) int: entries carrying the query's own sample id are skipped.
+        Returns (scores (Q, k), ids (Q, k), labels (Q, k)). Excluded entries appear (score -inf) only if k
+        exceeds what is left.
+        """
+        _checks.check_embeddings("query", query)
+        if query.shape[1] != self.dim:
+            raise ValueError(f"query has dimension {query.shape[1]} but the queue holds {self.dim}")
+        if query.device != self.embeddings.device:
+            raise ValueError(f"query is on {query.device} but the queue is on {self.embeddings.device}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.count:
+            raise ValueError(f"k must be an int in [1, {self.count}] (the queue's length), got {k!r}")
+        emb, labels, ids = self.view()
+        if exclude_ids is not None:
+            exclude_ids = _checks.check_labels("exclude_ids", exclude_ids, query.shape[0], query.device)
+        scores, rows = inner_product_topk(query.to(emb.dtype), emb, k, exclude_ids, ids)
+        return scores, ids[rows], labels[rows]
+
+    def get_extra_state(self):
+        return {"ptr": self.ptr, "count": self.count}
+
+    def set_extra_state(self, state):
+        ptr, count = int(state["ptr"]), int(state["count"])
+        if not (0 <= count <= self.size and 0 <= ptr < self.size and (count == self.size or ptr == count)):
+            raise ValueError(f"inconsistent queue state ptr={ptr}, count={count} for size {self.size}")
+        self.ptr, self.count = ptr, count
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.dim}, dtype={self.embeddings.dtype}, len={self.count}"
