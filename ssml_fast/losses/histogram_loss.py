@@ -54,8 +54,9 @@ class HistogramLoss(MetricLoss):
     def _density(self, sims):
         """Soft histogram of sims in [-1, 1] onto n_bins + 1 nodes, normalised to sum 1."""
         r = torch.floor((sims.detach() + 1) / self.delta).long().clamp(0, self.n_bins - 1)
-        above = (sims + 1 - r * self.delta) / self.delta  # weight of node r + 1
-        below = ((r + 1) * self.delta - 1 - sims) / self.delta  # weight of node r
+        rf = r.to(sims.dtype)  # long * float would round the node positions to float32
+        above = (sims + 1 - rf * self.delta) / self.delta  # weight of node r + 1
+        below = ((rf + 1) * self.delta - 1 - sims) / self.delta  # weight of node r
         h = sims.new_zeros(self.n_bins + 1)
         h = h.index_add(0, r + 1, above).index_add(0, r, below)
         return h / sims.numel()
