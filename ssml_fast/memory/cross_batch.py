@@ -66,14 +66,15 @@ class CrossBatchMemory(nn.Module):
     `xbm(embeddings, labels, ids=None)` -> the loss. embeddings (B, D) float, labels (B,) int, ids (B,) int
     sample ids (optional: without them memory copies of a repeated sample are not recognised and stay in
     the reference as ordinary entries). The memory is a FeatureQueue (all-gathered across ranks under
-    torch.distributed), allocated once at the first call, or at construction when `dim` is given.
+    torch.distributed), allocated once at the first call, or at construction when `dim` is given; it
+    stores `dtype` (default: the first batch's dtype, float32 when allocated at construction).
     miner: optional callable `miner(embeddings, labels, ref_emb, ref_labels)` returning PML-style indices.
     See the module docstring for how self pairs are excluded. Gradients flow through the batch (as
     anchors and as references); memory entries are constants.
     """
 
     def __init__(self, loss: nn.Module, size: int, dim: int | None = None, miner=None,
-                 dtype: torch.dtype = torch.float32, device=None):
+                 dtype: torch.dtype | None = None, device=None):
         super().__init__()
         if not callable(loss):
             raise TypeError(f"loss must be a callable loss module, got {type(loss).__name__}")
@@ -83,7 +84,7 @@ class CrossBatchMemory(nn.Module):
         self.dtype = dtype
         self.register_module("queue", None)
         if dim is not None:
-            self.queue = FeatureQueue(size, check_size("dim", dim), dtype=dtype, device=device)
+            self.queue = FeatureQueue(size, check_size("dim", dim), dtype=dtype or torch.float32, device=device)
 
     def reference(self, embeddings, labels, ids=None):
         """(ref_emb, ref_labels) = [batch; memory entries whose id is not in `ids`]; rows [0, B) are the batch."""
@@ -101,7 +102,8 @@ class CrossBatchMemory(nn.Module):
         if ids is not None:
             ids = _checks.check_labels("ids", ids, n, embeddings.device)
         if self.queue is None:
-            self.queue = FeatureQueue(self.size, embeddings.shape[1], dtype=self.dtype, device=embeddings.device)
+            self.queue = FeatureQueue(self.size, embeddings.shape[1], dtype=self.dtype or embeddings.dtype,
+                                      device=embeddings.device)
         elif embeddings.shape[1] != self.queue.dim:
             raise ValueError(f"embeddings have dimension {embeddings.shape[1]} but the memory holds {self.queue.dim}")
         elif embeddings.device != self.queue.embeddings.device:

@@ -1,0 +1,229 @@
+"""CrossBatchMemory against a plain reference: a Python-list FIFO memory, the reference set
+[batch; memory entries whose id is not in the batch] built by hand, and the loss written as explicit
+loops over triplets / pairs with the anchor's own row excluded."""
+import io
+
+import pytest
+import torch
+
+from ssml_fast.losses import ContrastiveLoss, TripletMarginLoss
+from ssml_fast.memory import CrossBatchMemory
+
+
+def plain_dist(x, y, distance):
+    rows = []
+    for a in x:
+        row = []
+        for b in y:
+            if distance == "cosine":
+                row.append(1 - (a @ b) / (a.norm() * b.norm()))
+            else:
+                sq = ((a - b) ** 2).sum()
+                if distance == "euclidean":  # the self distance is 0: keep its (unused) gradient finite
+                    sq = sq.sqrt() if sq > 0 else sq * 0
+                row.append(sq)
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+def reduce(terms, reduction):
+    """terms: per-triplet losses (all counted triplets)."""
+    if not terms:
+        return torch.zeros((), dtype=torch.float64)
+    t = torch.stack(terms)
+    if reduction == "sum":
+        return t.sum()
+    if reduction == "mean":
+        return t.mean()
+    active = t[t > 0]
+    return active.mean() if len(active) else t.sum() * 0
+
+
+def plain_triplet(emb, labels, ref, ref_labels, margin, mining, distance, reduction):
+    """Anchor i is row i of the reference (the batch comes first): j == i is never a positive."""
+    d = plain_dist(emb, ref, distance)
+    terms = []
+    for i in range(len(emb)):
+        pos = [j for j in range(len(ref)) if ref_labels[j] == labels[i] and j != i]
+        neg = [j for j in range(len(ref)) if ref_labels[j] != labels[i]]
+        if mining == "all":
+            terms += [torch.relu(d[i, p] - d[i, n] + margin) for p in pos for n in neg]
+        elif mining == "hard" and pos and neg:
+            terms.append(torch.relu(max(d[i, p] for p in pos) - min(d[i, n] for n in neg) + margin))
+        elif mining == "semihard":
+            for p in pos:
+                farther = [d[i, n] for n in neg if d[i, n] > d[i, p]]
+                if farther and min(farther) < d[i, p] + margin:
+                    terms.append(d[i, p] - min(farther) + margin)
+    return reduce(terms, reduction)
+
+
+def plain_contrastive_sum(emb, labels, ref, ref_labels, pos_margin=0.0, neg_margin=1.0):
+    d = plain_dist(emb, ref, "euclidean")
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(len(emb)):
+        for j in range(len(ref)):
+            if ref_labels[j] == labels[i] and j != i:
+                total = total + torch.relu(d[i, j] - pos_margin)
+            elif ref_labels[j] != labels[i]:
+                total = total + torch.relu(neg_margin - d[i, j])
+    return total
+
+
+class PlainMemory:
+    """FIFO of (embedding, label, id) as a Python list."""
+
+    def __init__(self, size):
+        self.size, self.rows = size, []
+
+    def reference(self, emb, labels, ids):
+        kept = [r for r in self.rows if ids is None or int(r[2]) not in ids.tolist()]
+        ref = torch.cat([emb] + [r[0][None] for r in kept])
+        ref_labels = torch.cat([labels, torch.tensor([int(r[1]) for r in kept], dtype=torch.long)])
+        return ref, ref_labels
+
+    def enqueue(self, emb, labels, ids):
+        for k in range(len(emb)):
+            self.rows.append((emb[k].detach().clone(), labels[k], -1 if ids is None else ids[k]))
+        self.rows = self.rows[-self.size:]
+
+
+def batches(steps, b=6, dim=4, n_ids=14, seed=0):
+    """Small batches whose ids repeat across steps, so the memory holds stale copies of batch samples."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        emb = torch.randn(b, dim, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 3, (b,), generator=g)
+        ids = torch.randperm(n_ids, generator=g)[:b]
+        yield emb, labels, ids
+
+
+@pytest.mark.parametrize("mining", ["all", "hard", "semihard"])
+@pytest.mark.parametrize("distance,reduction", [("euclidean", "mean_nonzero"), ("sqeuclidean", "mean"),
+                                                 ("cosine", "sum")])
+def test_triplet_equals_plain_loss_on_batch_plus_memory(mining, distance, reduction):
+    margin = 0.5 if distance != "sqeuclidean" else 2.0
+    xbm = CrossBatchMemory(TripletMarginLoss(margin, mining, distance, reduction), size=10)
+    plain = PlainMemory(10)
+    for emb, labels, ids in batches(6):  # 36 rows through a 10-slot memory: wraps several times
+        x = emb.clone().requires_grad_(True)
+        got = xbm(x, labels, ids)
+        got.backward()
+        y = emb.clone().requires_grad_(True)
+        ref, ref_labels = plain.reference(y, labels, ids)
+        expected = plain_triplet(y, labels, ref, ref_labels, margin, mining, distance, reduction)
+        expected.backward()
+        plain.enqueue(emb, labels, ids)
+        assert torch.allclose(got, expected, atol=1e-10), (got, expected)
+        assert torch.allclose(x.grad, y.grad, atol=1e-10)
+
+
+def test_triplet_equals_the_loss_given_explicit_self_free_triplets():
+    # The same value through the loss's own indices_tuple path, with every (a, p, n), p != a, listed.
+    loss = TripletMarginLoss(0.3, "all")
+    xbm = CrossBatchMemory(TripletMarginLoss(0.3, "all"), size=8)
+    plain = PlainMemory(8)
+    for emb, labels, ids in batches(4, seed=1):
+        ref, ref_labels = plain.reference(emb, labels, ids)
+        trip = [(i, p, n) for i in range(len(emb)) for p in range(len(ref)) for n in range(len(ref))
+                if ref_labels[p] == labels[i] and p != i and ref_labels[n] != labels[i]]
+        a, p, n = (torch.tensor(t, dtype=torch.long) for t in zip(*trip))
+        expected = loss(emb, labels, (a, p, n), ref, ref_labels)
+        assert torch.allclose(xbm(emb, labels, ids), expected, atol=1e-12)
+        plain.enqueue(emb, labels, ids)
+
+
+def test_repeated_batch_with_ids_equals_in_batch_loss():
+    # The memory's copies of the batch are superseded by the fresh rows: only the batch is left.
+    loss = TripletMarginLoss(0.2, "all")
+    xbm = CrossBatchMemory(TripletMarginLoss(0.2, "all"), size=32)
+    emb, labels, ids = next(batches(1, b=8, n_ids=8))
+    for _ in range(3):
+        assert torch.allclose(xbm(emb, labels, ids), loss(emb, labels), atol=1e-12)
+    assert len(xbm.queue) == 24
+
+
+def test_without_ids_memory_is_used_whole():
+    xbm = CrossBatchMemory(TripletMarginLoss(0.5, "hard"), size=20)
+    plain = PlainMemory(20)
+    for emb, labels, _ in batches(3, seed=2):
+        ref, ref_labels = plain.reference(emb, labels, None)
+        expected = plain_triplet(emb, labels, ref, ref_labels, 0.5, "hard", "euclidean", "mean_nonzero")
+        assert torch.allclose(xbm(emb, labels), expected, atol=1e-10)
+        plain.enqueue(emb, labels, None)
+
+
+def test_generic_pair_loss_excludes_self_pairs():
+    xbm = CrossBatchMemory(ContrastiveLoss(reduction="sum"), size=9)
+    plain = PlainMemory(9)
+    for step, (emb, labels, ids) in enumerate(batches(4, seed=3)):
+        x = emb.clone().requires_grad_(True)
+        got = xbm(x, labels, ids)
+        got.backward()
+        y = emb.clone().requires_grad_(True)
+        ref, ref_labels = plain.reference(y, labels, ids)
+        expected = plain_contrastive_sum(y, labels, ref, ref_labels)
+        expected.backward()
+        assert torch.allclose(got, expected, atol=1e-10)
+        assert torch.allclose(x.grad, y.grad, atol=1e-10)
+        if step == 0:  # empty memory: exactly the loss on the batch alone
+            assert torch.allclose(got, ContrastiveLoss(reduction="sum")(emb, labels), atol=1e-12)
+        plain.enqueue(emb, labels, ids)
+
+
+def test_miner_output_loses_its_self_pairs():
+    def all_triplets_including_self(emb, labels, ref, ref_labels):
+        same = labels[:, None] == ref_labels[None, :]
+        t = [(i, p, n) for i in range(len(emb)) for p in range(len(ref)) for n in range(len(ref))
+             if same[i, p] and not same[i, n]]
+        return tuple(torch.tensor(c, dtype=torch.long) for c in zip(*t))
+
+    xbm = CrossBatchMemory(TripletMarginLoss(0.4, "all"), size=10, miner=all_triplets_including_self)
+    plain = PlainMemory(10)
+    for emb, labels, ids in batches(3, seed=4):
+        ref, ref_labels = plain.reference(emb, labels, ids)
+        expected = plain_triplet(emb, labels, ref, ref_labels, 0.4, "all", "euclidean", "mean_nonzero")
+        assert torch.allclose(xbm(emb, labels, ids), expected, atol=1e-10)
+        plain.enqueue(emb, labels, ids)
+
+
+def test_state_dict_round_trip_continues_identically():
+    a = CrossBatchMemory(TripletMarginLoss(), size=10)  # lazily allocated memory
+    data = list(batches(6, seed=5))
+    for emb, labels, ids in data[:3]:
+        a(emb.float(), labels, ids)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = CrossBatchMemory(TripletMarginLoss(), size=10)
+    b.load_state_dict(torch.load(buf))
+    for emb, labels, ids in data[3:]:
+        assert torch.equal(a(emb.float(), labels, ids), b(emb.float(), labels, ids))
+    for x, y in zip(a.queue.get(), b.queue.get()):
+        assert torch.equal(x, y)
+
+
+def test_memory_is_allocated_once_and_holds_detached_rows():
+    xbm = CrossBatchMemory(TripletMarginLoss(), size=12, dim=4)
+    ptr = xbm.queue.embeddings.data_ptr()
+    for emb, labels, ids in batches(5, seed=6):
+        xbm(emb.float().requires_grad_(True), labels, ids)
+    assert xbm.queue.embeddings.data_ptr() == ptr and not xbm.queue.embeddings.requires_grad
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: CrossBatchMemory(TripletMarginLoss(), size=0), "size"),
+        (lambda: CrossBatchMemory("triplet", size=4), "loss"),
+        (lambda: CrossBatchMemory(TripletMarginLoss(), 4)(torch.randn(3, 2), torch.zeros(2, dtype=torch.long)),
+         "labels"),
+        (lambda: CrossBatchMemory(TripletMarginLoss(), 4)(torch.randn(3, 2), torch.zeros(3, dtype=torch.long),
+                                                          torch.zeros(4, dtype=torch.long)), "ids"),
+        (lambda: CrossBatchMemory(TripletMarginLoss(), 4, dim=5)(torch.randn(3, 2), torch.zeros(3, dtype=torch.long)),
+         "dimension"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
