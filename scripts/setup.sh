@@ -38,8 +38,10 @@ if [ "$(cat "$STAMPS/deps" 2>/dev/null)" != "$deps_key" ]; then
   rm -f "$STAMPS/build"
 fi
 
-src_key=$(cd "$ROOT" && { find csrc -type f | LC_ALL=C sort | xargs sha256sum; sha256sum CMakeLists.txt pyproject.toml; } \
-          | sha256sum | cut -c1-16)
+# The editable install maps the package's files when it is made: a new Python file needs a reinstall
+# too (otherwise a new package imports as an empty namespace package), so its name is part of the key.
+src_key=$(cd "$ROOT" && { find csrc -type f | LC_ALL=C sort | xargs sha256sum; sha256sum CMakeLists.txt pyproject.toml;
+                          find ssml_fast -name '*.py' | LC_ALL=C sort; } | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMPS/build" 2>/dev/null)" != "$src_key" ] || ! (cd / && "$PY" -c "import ssml_fast" 2>/dev/null); then
   log "building the extension (C++ and, with a CUDA torch and nvcc, CUDA kernels; a few minutes the first time)"
   if ! "$PY" -m pip install -q --no-build-isolation --no-deps -e "$ROOT" > "$STAMPS/build.log" 2>&1; then

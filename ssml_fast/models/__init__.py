@@ -1,0 +1,4 @@
+"""Embedding networks."""
+from .small_cnn import SmallCNN
+
+__all__ = ["SmallCNN"]

@@ -1,0 +1,76 @@
+"""A minimal supervised training loop: batches from a batch sampler, one loss, NaN-guarded, checkpointed."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from .checkpoint import save_checkpoint
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a step produces a NaN/inf loss; the last good checkpoint is left untouched."""
+
+
+@torch.no_grad()
+def embed(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(N, ...) inputs -> (N, D) embeddings in eval mode; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def train_epochs(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_sampler: Iterable,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    checkpoint_path: Optional[Path] = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Trains for `epochs`; returns per-epoch {epoch, loss, active, seconds}.
+
+    `batch_sampler` yields lists of indices (e.g. MPerClassSampler) and may have `set_epoch`.
+    After each epoch the model and optimizer are checkpointed atomically to `checkpoint_path`.
+    """
+    history = []
+    for epoch in range(1, epochs + 1):
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(epoch)
+        model.train()
+        start, total, steps, active = time.perf_counter(), 0.0, 0, 0
+        for idx in batch_sampler:
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            x = images[idx]
+            if augment is not None:
+                x = augment(x)
+            loss = loss_fn(model(x), labels[idx])
+            if not torch.isfinite(loss):
+                where = f"; last good checkpoint: {checkpoint_path}" if checkpoint_path and checkpoint_path.exists() else ""
+                raise NonFiniteLossError(f"non-finite loss {loss.item()} at epoch {epoch}, step {steps + 1}{where}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+            active += int(getattr(loss_fn, "num_active", 0))
+        row = dict(epoch=epoch, loss=total / max(steps, 1), active=active, seconds=time.perf_counter() - start)
+        history.append(row)
+        log(f"epoch {epoch:3d}  loss {row['loss']:.4f}  active triplets {active:7d}  {row['seconds']:.1f}s")
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, {"epoch": epoch, "model": model.state_dict(),
+                                              "optimizer": optimizer.state_dict(), "history": history})
+        if math.isnan(row["loss"]):
+            break
+    return history
