@@ -15,6 +15,8 @@ def _as_label_tensor(labels) -> torch.Tensor:
         t = labels.detach().cpu()
     else:
         arr = np.asarray(labels)
+        if arr.size == 0:
+            raise ValueError("labels is empty")
         if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"labels must hold integers, got {arr.dtype}")
         t = torch.from_numpy(arr.astype(np.int64, copy=False))
