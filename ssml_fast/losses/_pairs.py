@@ -74,7 +74,10 @@ def pair_weights(labels, ref_labels, indices_tuple, B, R, self_ref, dtype, devic
 def sample_weights(indices_tuple, B, dtype, device):
     """Per-sample weight from how often it occurs in indices_tuple, count / max count (PML's
     convert_to_weights); all ones without an indices_tuple (or an empty one)."""
-    if indices_tuple is None or all(len(t) == 0 for t in indices_tuple):
+    if indices_tuple is None:
+        return torch.ones(B, dtype=dtype, device=device)
+    as_pairs(indices_tuple, B, B, device)  # validation only: a triplet's anchor counts once
+    if all(len(t) == 0 for t in indices_tuple):
         return torch.ones(B, dtype=dtype, device=device)
     idx = torch.cat([t.to(device).long() for t in indices_tuple])
     counts = torch.bincount(idx, minlength=B)[:B].to(dtype)

@@ -12,6 +12,8 @@ def relative_distance(embeddings: torch.Tensor, eps: float = 1e-12) -> torch.Ten
     """(n, D) -> (n, n): d_ij = ||y_i - y_j|| / (1/n sum_k ||y_i - y_k||), the row mean including the
     zero self-distance (eq 3.21). A row whose mean is 0 (all points equal) is divided by eps, i.e. gives 0."""
     d = _pairs.distance(embeddings, None, "euclidean")
+    # The GEMM form leaves ~sqrt(eps) noise on the diagonal; the self-distance is exactly 0.
+    d = d.masked_fill(torch.eye(d.shape[0], dtype=torch.bool, device=d.device), 0.0)
     return d / d.mean(dim=1, keepdim=True).clamp_min(eps)
 
 

@@ -40,7 +40,7 @@ class SemiHardMiner(BaseMiner):
             ok = neg[a] & (rows > d_ap[:, None]) & (rows <= d_ap[:, None] + self.margin)
             k, n = torch.where(ok)
             return a[k], p[k], n
-        neg_sorted, neg_idx = d.masked_fill(~neg, torch.inf).sort(dim=1)
+        neg_sorted, neg_idx = d.masked_fill(~neg, torch.inf).sort(dim=1, stable=True)  # ties -> lowest index
         j = torch.searchsorted(neg_sorted[a].contiguous(), d_ap[:, None].contiguous(), right=True).squeeze(1)
         j = j.clamp_max(d.shape[1] - 1)
         d_an = neg_sorted[a, j]

@@ -123,7 +123,7 @@ def npair_all(x, labels):
     pos, neg = pairs_from_labels(labels)
     terms = []
     for i, j in pos:
-        terms.append(torch.log(1 + sum(torch.exp(s[i, k] - s[i, j]) for (a, k) in neg if a == i)))
+        terms.append(torch.log(1 + sum((torch.exp(s[i, k] - s[i, j]) for (a, k) in neg if a == i), x.sum() * 0)))
     return mean_or_zero(terms, x)
 
 
@@ -178,8 +178,8 @@ def smooth_ap(x, labels, temperature=0.01, include_query=False):
             continue
         ap = 0
         for i in P:
-            rp = 1 + sum(G(s[q, j] - s[q, i]) for j in P if j != i)
-            ra = 1 + sum(G(s[q, j] - s[q, i]) for j in Omega if j != i)
+            rp = 1 + sum((G(s[q, j] - s[q, i]) for j in P if j != i), x.sum() * 0)
+            ra = 1 + sum((G(s[q, j] - s[q, i]) for j in Omega if j != i), x.sum() * 0)
             ap = ap + rp / ra
         terms.append(1 - ap / len(P))
     return mean_or_zero(terms, x)
