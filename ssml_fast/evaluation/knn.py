@@ -58,7 +58,7 @@ class _FlatIndex:
         return self.index.search(x, k)
 
 
-def _resolve_gpu(use_gpu) -> bool:
+def resolve_gpu(use_gpu) -> bool:
     if use_gpu is None:
         return gpu_available()
     if not isinstance(use_gpu, bool):
@@ -88,7 +88,7 @@ def iter_knn_chunks(
     (if ties pushed it out of the k + 1, the last neighbour is dropped instead, as PML does).
     """
     metric = check_metric(metric)
-    use_gpu = _resolve_gpu(use_gpu)
+    use_gpu = resolve_gpu(use_gpu)
     leave_one_out = gallery is None
     q = prepare(query, metric)
     g = q if leave_one_out else prepare(gallery, metric)

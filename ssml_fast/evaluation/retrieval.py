@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
 from ._inputs import as_embeddings, as_labels, as_positive_int
-from .knn import check_metric, iter_knn_chunks, prepare
+from .knn import check_metric, iter_knn_chunks, prepare, resolve_gpu
 
 
 def retrieval_metrics(
@@ -39,8 +39,9 @@ def retrieval_metrics(
             them every sample queries all the others (leave-one-out; thesis 4.3).
         nmi: compute NMI (k-means is the most expensive part at large N).
         kmeans_seed, kmeans_n_init, kmeans_niter: faiss.Kmeans(seed, nredo, niter) settings. The
-            defaults are PML's (faiss defaults plus niter=20), so NMI matches AccuracyCalculator.
-        chunk_size, use_gpu: passed to the neighbour search (see `knn_search`).
+            defaults are PML's (faiss defaults plus niter=20), so NMI matches AccuracyCalculator;
+            raise kmeans_n_init for a steadier NMI (each restart costs a full k-means).
+        chunk_size, use_gpu: neighbour search settings (see `knn_search`); use_gpu also moves k-means.
 
     Returns:
         dict of floats:
@@ -73,6 +74,9 @@ def retrieval_metrics(
     ks = _check_ks(ks, gallery_size)
     if not isinstance(nmi, bool):
         raise TypeError(f"nmi must be a bool, got {type(nmi).__name__}")
+    if isinstance(kmeans_seed, bool) or not isinstance(kmeans_seed, (int, np.integer)):
+        raise TypeError(f"kmeans_seed must be an int, got {type(kmeans_seed).__name__}")
+    use_gpu = resolve_gpu(use_gpu)
 
     # R per query: same-label gallery samples, minus the query itself in leave-one-out.
     uniq, counts = np.unique(g_labels, return_counts=True)
@@ -93,7 +97,7 @@ def retrieval_metrics(
     sums = _ranking_sums(q, g, q_labels, g_labels, r, ks, search_k, metric, chunk_size, use_gpu)
     out = {name: (total / n_valid if n_valid else float("nan")) for name, total in sums.items()}
     if nmi:
-        out["nmi"] = _nmi(prepare(q, metric), q_labels, kmeans_seed, kmeans_n_init, kmeans_niter)
+        out["nmi"] = _nmi(prepare(q, metric), q_labels, kmeans_seed, kmeans_n_init, kmeans_niter, use_gpu)
     return out
 
 
@@ -131,7 +135,7 @@ def _ranking_sums(q, g, q_labels, g_labels, r, ks, search_k, metric, chunk_size,
     return sums
 
 
-def _nmi(x: np.ndarray, labels: np.ndarray, seed: int, n_init: int, niter: int) -> float:
+def _nmi(x: np.ndarray, labels: np.ndarray, seed: int, n_init: int, niter: int, gpu: bool) -> float:
     n_clusters = int(np.unique(labels).size)
     if n_clusters == 1:
         return float(normalized_mutual_info_score(labels, np.zeros_like(labels)))
@@ -139,6 +143,7 @@ def _nmi(x: np.ndarray, labels: np.ndarray, seed: int, n_init: int, niter: int) 
         x.shape[1], n_clusters, niter=as_positive_int("kmeans_niter", niter),
         nredo=as_positive_int("kmeans_n_init", n_init), seed=int(seed), verbose=False,
         min_points_per_centroid=1,  # only silences faiss's "please provide more points" warning
+        gpu=gpu,
     )
     kmeans.train(x)
     _, assign = kmeans.index.search(x, 1)

@@ -59,9 +59,9 @@ class CandidatePoolSampler(AnchorBatchSampler):
 
     def build_pool(self, emb) -> None:
         """Recompute the (N, pool_size) candidate pools from (N, D) embeddings; selection then uses them."""
-        _, pool = knn_search(emb, self.pool_size, metric=self.metric, use_gpu=self.use_gpu)
-        self._check_rows("emb", pool)
-        self.candidate_pool = pool
+        arr = as_embeddings("emb", emb)
+        self._check_rows("emb", arr)
+        _, self.candidate_pool = knn_search(arr, self.pool_size, metric=self.metric, use_gpu=self.use_gpu)
         self._emb = None
 
     def set_candidate_pool(self, pool) -> None:

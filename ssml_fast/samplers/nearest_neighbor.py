@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from ..evaluation._inputs import as_embeddings
 from ..evaluation.knn import check_metric, knn_search
 from ._anchors import AnchorBatchSampler
 
@@ -52,9 +53,9 @@ class NearestNeighborBatchSampler(AnchorBatchSampler):
 
     def set_embeddings(self, emb) -> None:
         """Rebuild the (N, k) neighbour table from (N, D) embeddings (tensor or array)."""
-        _, idx = knn_search(emb, self.k, metric=self.metric, use_gpu=self.use_gpu)
-        self._check_rows("emb", idx)
-        self.neighbours = idx
+        arr = as_embeddings("emb", emb)
+        self._check_rows("emb", arr)
+        _, self.neighbours = knn_search(arr, self.k, metric=self.metric, use_gpu=self.use_gpu)
 
     def _require_ready(self) -> None:
         if self.neighbours is None:
