@@ -21,6 +21,9 @@ TORCH_LIBRARY(ssml_fast, m) {
   // 0 <= ptr < S. Row k goes to slot (ptr + k) % S; with N > S only the last S rows are written, so the
   // ring holds what N one-row enqueues would leave (strict FIFO). The caller advances ptr by N mod S.
   m.def("queue_enqueue_(Tensor(a!) buffer, Tensor rows, int ptr) -> ()");
+  // The same for aligned rings in one call (a queue's embeddings, labels and ids): buffers[i] receives
+  // rows[i]; every buffer has the same number of slots S and every rows the same N.
+  m.def("queue_enqueue_many_(Tensor(a!)[] buffers, Tensor[] rows, int ptr) -> ()");
   // bank: (N, D) contiguous float; ids: (B,) int64 in [0, N); feats: (B, D) bank's dtype; 0 <= momentum < 1.
   // bank[id] = normalise(momentum * bank[id] + (1 - momentum) * f), f = the mean of the feats rows
   // carrying that id (duplicates summed in ascending row order), normalise(x) = x / max(||x||, 1e-12).

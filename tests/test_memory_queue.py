@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import ssml_fast
 from ssml_fast.memory import FeatureQueue
-from ssml_fast.ops import queue_enqueue_
+from ssml_fast.ops import queue_enqueue_, queue_enqueue_many_
 
 from conftest import requires_cuda
 
@@ -64,7 +64,41 @@ def test_enqueue_non_contiguous_rows(device):
     assert torch.equal(buffer, expected)
 
 
+def test_enqueue_many_matches_one_ring_at_a_time(device):
+    g = torch.Generator().manual_seed(5)
+    for n, ptr in [(3, 6), (20, 2), (0, 1)]:
+        rings = [torch.randn(7, 4, generator=g).to(device), torch.arange(7, device=device),
+                 torch.zeros(7, 3, dtype=torch.uint8, device=device)]
+        rows = [torch.randn(n, 4, generator=g).to(device), torch.arange(n, device=device) + 100,
+                torch.full((n, 3), 9, dtype=torch.uint8, device=device)]
+        expected = [ref_ring(b, r, ptr) for b, r in zip(rings, rows)]
+        assert queue_enqueue_many_(rings, rows, ptr) == (ptr + n) % 7
+        for got, exp in zip(rings, expected):
+            assert torch.equal(got, exp)
+
+
+@pytest.mark.parametrize(
+    "buffers,rows,match",
+    [
+        ([torch.zeros(4, 2), torch.zeros(5)], [torch.zeros(1, 2), torch.zeros(1)], "slots"),
+        ([torch.zeros(4, 2), torch.zeros(4)], [torch.zeros(1, 2), torch.zeros(2)], "rows"),
+        ([torch.zeros(4, 2)], [torch.zeros(1, 2), torch.zeros(1)], "length"),
+        ([], [], "buffers"),
+    ],
+)
+def test_enqueue_many_bad_input(buffers, rows, match):
+    with pytest.raises(ValueError, match=match):
+        queue_enqueue_many_(buffers, rows, 0)
+    if buffers:
+        with pytest.raises((ValueError, RuntimeError)):
+            torch.ops.ssml_fast.queue_enqueue_many_(buffers, rows, 0)
+
+
 def test_enqueue_opcheck():
+    rings = [torch.zeros(5, 3), torch.zeros(5, dtype=torch.long)]
+    for n, ptr in [(3, 4), (8, 1), (0, 0)]:
+        torch.library.opcheck(torch.ops.ssml_fast.queue_enqueue_many_.default,
+                              (rings, [torch.randn(n, 3), torch.arange(n)], ptr))
     buffer = torch.zeros(5, 3)
     for rows, ptr in [(torch.randn(3, 3), 4), (torch.randn(8, 3), 1), (torch.randn(0, 3), 0)]:
         torch.library.opcheck(torch.ops.ssml_fast.queue_enqueue_.default, (buffer, rows, ptr))

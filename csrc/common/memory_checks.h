@@ -19,6 +19,17 @@ inline void check_enqueue_args(const at::Tensor& buffer, const at::Tensor& rows,
   TORCH_CHECK_VALUE(ptr >= 0 && ptr < buffer.size(0), "ptr must be in [0, ", buffer.size(0), "), got ", ptr);
 }
 
+inline void check_enqueue_many_args(at::TensorList buffers, at::TensorList rows, int64_t ptr) {
+  TORCH_CHECK_VALUE(buffers.size() == rows.size(), "got ", buffers.size(), " buffers but ", rows.size(),
+                    " rows tensors");
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    check_enqueue_args(buffers[i], rows[i], ptr);
+    TORCH_CHECK_VALUE(buffers[i].size(0) == buffers[0].size(0) && rows[i].size(0) == rows[0].size(0),
+                      "every buffer must have the same number of slots and every rows the same length");
+    TORCH_CHECK_VALUE(buffers[i].device() == buffers[0].device(), "every buffer must be on one device");
+  }
+}
+
 inline void check_bank_update_args(const at::Tensor& bank, const at::Tensor& ids, const at::Tensor& feats,
                                    double momentum) {
   TORCH_CHECK_VALUE(bank.dim() == 2 && bank.is_contiguous(), "bank must be a contiguous (N, D) tensor, got shape ",

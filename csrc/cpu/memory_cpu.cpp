@@ -27,8 +27,7 @@ void parallel_copy(char* dst, const char* src, int64_t bytes) {
   });
 }
 
-void queue_enqueue_cpu(const at::Tensor& buffer, const at::Tensor& rows_in, int64_t ptr) {
-  check_enqueue_args(buffer, rows_in, ptr);
+void enqueue_one(const at::Tensor& buffer, const at::Tensor& rows_in, int64_t ptr) {
   const at::Tensor rows = rows_in.contiguous();
   const int64_t S = buffer.size(0), N = rows.size(0);
   if (N == 0 || buffer.numel() == 0) return;
@@ -42,6 +41,16 @@ void queue_enqueue_cpu(const at::Tensor& buffer, const at::Tensor& rows_in, int6
   const int64_t run1 = std::min(N - first, S - slot0);
   parallel_copy(dst + slot0 * row_bytes, src + first * row_bytes, run1 * row_bytes);
   parallel_copy(dst, src + (first + run1) * row_bytes, (N - first - run1) * row_bytes);
+}
+
+void queue_enqueue_cpu(const at::Tensor& buffer, const at::Tensor& rows, int64_t ptr) {
+  check_enqueue_args(buffer, rows, ptr);
+  enqueue_one(buffer, rows, ptr);
+}
+
+void queue_enqueue_many_cpu(at::TensorList buffers, at::TensorList rows, int64_t ptr) {
+  check_enqueue_many_args(buffers, rows, ptr);
+  for (size_t i = 0; i < buffers.size(); ++i) enqueue_one(buffers[i], rows[i], ptr);
 }
 
 void bank_momentum_update_cpu(const at::Tensor& bank, const at::Tensor& ids_in, const at::Tensor& feats_in,
@@ -97,6 +106,7 @@ void bank_momentum_update_cpu(const at::Tensor& bank, const at::Tensor& ids_in, 
 
 TORCH_LIBRARY_IMPL(ssml_fast, CPU, m) {
   m.impl("queue_enqueue_", &queue_enqueue_cpu);
+  m.impl("queue_enqueue_many_", &queue_enqueue_many_cpu);
   m.impl("bank_momentum_update_", &bank_momentum_update_cpu);
 }
 

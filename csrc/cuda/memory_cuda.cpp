@@ -25,15 +25,27 @@ struct DeviceType<at::Half> { using type = __half; };
 template <>
 struct DeviceType<at::BFloat16> { using type = __nv_bfloat16; };
 
-void queue_enqueue_cuda(const at::Tensor& buffer, const at::Tensor& rows_in, int64_t ptr) {
-  check_enqueue_args(buffer, rows_in, ptr);
-  c10::cuda::CUDAGuard guard(buffer.device());
+void enqueue_one(const at::Tensor& buffer, const at::Tensor& rows_in, int64_t ptr, cudaStream_t stream) {
   const at::Tensor rows = rows_in.contiguous();
   const int64_t S = buffer.size(0), N = rows.size(0);
   if (N == 0 || buffer.numel() == 0) return;
   cuda::ring_copy(buffer.data_ptr(), rows.const_data_ptr(), N, S, ptr, static_cast<int64_t>(buffer.nbytes()) / S,
-                  c10::cuda::getCurrentCUDAStream());
+                  stream);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void queue_enqueue_cuda(const at::Tensor& buffer, const at::Tensor& rows, int64_t ptr) {
+  check_enqueue_args(buffer, rows, ptr);
+  c10::cuda::CUDAGuard guard(buffer.device());
+  enqueue_one(buffer, rows, ptr, c10::cuda::getCurrentCUDAStream());
+}
+
+void queue_enqueue_many_cuda(at::TensorList buffers, at::TensorList rows, int64_t ptr) {
+  check_enqueue_many_args(buffers, rows, ptr);
+  if (buffers.empty()) return;
+  c10::cuda::CUDAGuard guard(buffers[0].device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  for (size_t i = 0; i < buffers.size(); ++i) enqueue_one(buffers[i], rows[i], ptr, stream);
 }
 
 void bank_momentum_update_cuda(const at::Tensor& bank, const at::Tensor& ids, const at::Tensor& feats_in,
@@ -58,6 +70,7 @@ void bank_momentum_update_cuda(const at::Tensor& bank, const at::Tensor& ids, co
 
 TORCH_LIBRARY_IMPL(ssml_fast, CUDA, m) {
   m.impl("queue_enqueue_", &queue_enqueue_cuda);
+  m.impl("queue_enqueue_many_", &queue_enqueue_many_cuda);
   m.impl("bank_momentum_update_", &bank_momentum_update_cuda);
 }
 

@@ -6,7 +6,6 @@ import torch.distributed as dist
 from torch import nn
 
 from ..ops import _checks
-from ..ops.memory import queue_enqueue_
 from ._topk import inner_product_topk
 
 MISSING = -1  # label / id stored for entries enqueued without one
@@ -46,7 +45,7 @@ class FeatureQueue(nn.Module):
     """Ring buffer of the `size` most recent (embedding, label, id) rows, first-in-first-out.
 
     Storage is allocated once: `embeddings` (size, dim) in `dtype`, `labels` and `ids` (size,) int64
-    (-1 where none was given). `enqueue` accepts any batch size, larger than the queue included (then
+    (-1 where none was given); one fused ring copy writes all three. `enqueue` accepts any batch size, larger than the queue included (then
     only its last `size` rows remain). Under torch.distributed (initialised, world size > 1, and
     `gather=True`) every enqueue all-gathers the rows of all ranks in rank order, so all ranks hold the
     identical queue; every rank must call enqueue the same number of times. The pointer and fill count
@@ -83,7 +82,6 @@ class FeatureQueue(nn.Module):
     def is_full(self) -> bool:
         return self.count == self.size
 
-    @torch.no_grad()
     def enqueue(self, emb: torch.Tensor, labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> None:
         """Append emb (N, dim) with optional labels (N,) and sample ids (N,) (int); N may be 0 or > size."""
         _checks.check_embeddings("emb", emb)
@@ -93,22 +91,25 @@ class FeatureQueue(nn.Module):
         if emb.device != device:
             raise ValueError(f"emb is on {emb.device} but the queue is on {device}")
         n = emb.shape[0]
-        meta = torch.full((n, 2), MISSING, dtype=torch.long, device=device)
         if labels is not None:
-            meta[:, 0] = _checks.check_labels("labels", labels, n, emb.device)
+            labels = _checks.check_labels("labels", labels, n, device)
         if ids is not None:
-            meta[:, 1] = _checks.check_labels("ids", ids, n, emb.device)
-        rows = emb.detach().to(self.embeddings.dtype)
+            ids = _checks.check_labels("ids", ids, n, device)
+        if labels is None or ids is None:
+            missing = torch.full((n,), MISSING, dtype=torch.long, device=device)
+            labels = missing if labels is None else labels
+            ids = missing if ids is None else ids
+        rows = [emb.detach().to(self.embeddings.dtype), labels, ids]
         if self.gather and distributed_world(self.process_group) > 1:
-            rows = all_gather_rows(rows, self.process_group)
-            meta = all_gather_rows(meta, self.process_group)
-            n = rows.shape[0]
+            rows = [all_gather_rows(rows[0], self.process_group),
+                    *all_gather_rows(torch.stack(rows[1:], 1), self.process_group).unbind(1)]
+            n = rows[0].shape[0]
         if n == 0:
             return
+        # The arguments are checked above; the raw op keeps only its own bounds checks.
         ptr = self.ptr
-        queue_enqueue_(self.embeddings, rows, ptr)
-        queue_enqueue_(self.labels, meta[:, 0], ptr)
-        self.ptr = queue_enqueue_(self.ids, meta[:, 1], ptr)
+        torch.ops.ssml_fast.queue_enqueue_many_([self.embeddings, self.labels, self.ids], rows, ptr)
+        self.ptr = (ptr + n) % self.size
         self.count = min(self.count + n, self.size)
 
     def view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

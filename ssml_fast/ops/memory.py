@@ -13,6 +13,11 @@ def _queue_enqueue_fake(buffer, rows, ptr):
     return None
 
 
+@torch.library.register_fake("ssml_fast::queue_enqueue_many_")
+def _queue_enqueue_many_fake(buffers, rows, ptr):
+    return None
+
+
 @torch.library.register_fake("ssml_fast::bank_momentum_update_")
 def _bank_momentum_update_fake(bank, ids, feats, momentum):
     return None
@@ -37,6 +42,33 @@ def check_ids(name: str, ids, n: int, num_slots: int, device: torch.device) -> t
     return ids
 
 
+def _check_ring(i: str, buffer, rows, size: int | None = None, n: int | None = None) -> None:
+    _checks.check_tensor(f"buffer{i}", buffer)
+    _checks.check_tensor(f"rows{i}", rows)
+    if buffer.dim() == 0 or buffer.shape[0] == 0:
+        raise ValueError(f"buffer{i} must have at least one slot, got shape {tuple(buffer.shape)}")
+    if not buffer.is_contiguous():
+        raise ValueError(f"buffer{i} must be contiguous (it is written in place)")
+    if rows.dim() != buffer.dim() or rows.shape[1:] != buffer.shape[1:]:
+        raise ValueError(
+            f"rows{i} must have shape (N, {', '.join(map(str, buffer.shape[1:]))}) to match buffer{i}, "
+            f"got {tuple(rows.shape)}"
+        )
+    if rows.dtype != buffer.dtype:
+        raise TypeError(f"rows{i} has dtype {rows.dtype} but buffer{i} has {buffer.dtype}")
+    if rows.device != buffer.device:
+        raise ValueError(f"rows{i} is on {rows.device} but buffer{i} is on {buffer.device}")
+    if size is not None and buffer.shape[0] != size:
+        raise ValueError(f"buffer{i} has {buffer.shape[0]} slots but buffers[0] has {size}")
+    if n is not None and rows.shape[0] != n:
+        raise ValueError(f"rows{i} has {rows.shape[0]} rows but rows[0] has {n}")
+
+
+def _check_ptr(ptr, size: int) -> None:
+    if isinstance(ptr, bool) or not isinstance(ptr, int) or not 0 <= ptr < size:
+        raise ValueError(f"ptr must be an int in [0, {size}), got {ptr!r}")
+
+
 def queue_enqueue_(buffer: torch.Tensor, rows: torch.Tensor, ptr: int) -> int:
     """Copy rows (N, ...) into the ring buffer (S, ...) from slot `ptr`, wrapping around; returns the
     new pointer (ptr + N) % S.
@@ -45,26 +77,28 @@ def queue_enqueue_(buffer: torch.Tensor, rows: torch.Tensor, ptr: int) -> int:
     N single-row enqueues would leave (strict first-in-first-out). Any dtype; rows must match the
     buffer's dtype, device and trailing shape. buffer must be contiguous; it is written in place.
     """
-    _checks.check_tensor("buffer", buffer)
-    _checks.check_tensor("rows", rows)
-    if buffer.dim() == 0 or buffer.shape[0] == 0:
-        raise ValueError(f"buffer must have at least one slot, got shape {tuple(buffer.shape)}")
-    if not buffer.is_contiguous():
-        raise ValueError("buffer must be contiguous (it is written in place)")
-    if rows.dim() != buffer.dim() or rows.shape[1:] != buffer.shape[1:]:
-        raise ValueError(
-            f"rows must have shape (N, {', '.join(map(str, buffer.shape[1:]))}) to match buffer, "
-            f"got {tuple(rows.shape)}"
-        )
-    if rows.dtype != buffer.dtype:
-        raise TypeError(f"rows has dtype {rows.dtype} but buffer has {buffer.dtype}")
-    if rows.device != buffer.device:
-        raise ValueError(f"rows is on {rows.device} but buffer is on {buffer.device}")
-    size = buffer.shape[0]
-    if isinstance(ptr, bool) or not isinstance(ptr, int) or not 0 <= ptr < size:
-        raise ValueError(f"ptr must be an int in [0, {size}), got {ptr!r}")
+    _check_ring("", buffer, rows)
+    _check_ptr(ptr, buffer.shape[0])
     torch.ops.ssml_fast.queue_enqueue_(buffer, rows.detach(), ptr)
-    return (ptr + rows.shape[0]) % size
+    return (ptr + rows.shape[0]) % buffer.shape[0]
+
+
+def queue_enqueue_many_(buffers, rows, ptr: int) -> int:
+    """`queue_enqueue_` for aligned rings in one call: buffers[i] (S, ...) receives rows[i] (N, ...).
+
+    All buffers share the slot count S and all rows the length N (e.g. a queue's embeddings, labels and
+    ids). Returns the new pointer (ptr + N) % S.
+    """
+    buffers, rows = list(buffers), list(rows)
+    if not buffers or len(buffers) != len(rows):
+        raise ValueError(f"buffers and rows must be non-empty lists of one length, got {len(buffers)} and {len(rows)}")
+    for i, (b, r) in enumerate(zip(buffers, rows)):
+        _check_ring(f"[{i}]", b, r, buffers[0].shape[0] if i else None, rows[0].shape[0] if i else None)
+    if any(b.device != buffers[0].device for b in buffers):
+        raise ValueError("buffers must all be on one device")
+    _check_ptr(ptr, buffers[0].shape[0])
+    torch.ops.ssml_fast.queue_enqueue_many_(buffers, [r.detach() for r in rows], ptr)
+    return (ptr + rows[0].shape[0]) % buffers[0].shape[0]
 
 
 def bank_momentum_update_(bank: torch.Tensor, ids: torch.Tensor, feats: torch.Tensor, momentum: float) -> None:
