@@ -1,117 +1,44 @@
-// CUDA backend of triplet_margin_loss_from_dist. Per-row sorting (segmented sort) and reductions go
-// through ATen; the kernels in triplet_cuda.cu do the per-entry work with the same math helpers as
-// the CPU kernel (common/triplet_math.h). Everything stays on the device: no host synchronisation.
-#include <limits>
-
-#include <ATen/Dispatch.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/ones.h>
-#include <ATen/ops/sort.h>
-#include <ATen/ops/where.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
-#include <ATen/TensorOperators.h>
+// CUDA backend of triplet_margin_loss_from_dist: the shared sorted-rows orchestration with CUDA launches.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "common/options.h"
+#include "common/triplet_sorted_host.h"
 #include "cuda/launchers.h"
 
 namespace ssml_fast {
 namespace {
 
-// Rows of `values` (B, R) where `mask` holds, sorted ascending and padded with +inf.
-std::tuple<at::Tensor, at::Tensor> sorted_masked_rows(const at::Tensor& values, const at::Tensor& mask) {
-  const at::Tensor inf = at::full({}, std::numeric_limits<double>::infinity(), values.options());
-  auto [sorted, idx] = at::sort(at::where(mask, values, inf), /*stable=*/true, /*dim=*/1, /*descending=*/false);
-  return {sorted, idx};
-}
+struct CudaLaunch {
+  template <typename T>
+  static void batch_all(const T* dist, const TripletRows& r, const double* negs, const double* prefix,
+                        const int64_t* n_neg, const double* qs, const int64_t* n_pos, double* contrib,
+                        int64_t* active, T* grad) {
+    cuda::batch_all<T>(dist, r, negs, prefix, n_neg, qs, n_pos, contrib, active, grad,
+                       c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename T>
+  static void batch_hard(const T* dist, const TripletRows& r, bool soft, double* row_loss, int64_t* row_active,
+                         int64_t* row_valid, T* grad) {
+    cuda::batch_hard<T>(dist, r, soft, row_loss, row_active, row_valid, grad, c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename T>
+  static void semihard(const T* dist, const TripletRows& r, bool soft, const double* negs, const int64_t* neg_idx,
+                       const int64_t* n_neg, double* contrib, int64_t* active, int64_t* valid, T* grad) {
+    cuda::semihard<T>(dist, r, soft, negs, neg_idx, n_neg, contrib, active, valid, grad,
+                      c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_from_dist_cuda(
-    const at::Tensor& dist_in, const at::Tensor& labels_in, const at::Tensor& ref_labels_in, bool exclude_diagonal,
-    double margin, c10::string_view mining_s, c10::string_view reduction_s, bool soft) {
-  const Mining mining = parse_mining(mining_s);
-  const Reduction reduction = parse_reduction(reduction_s);
-  TORCH_CHECK(dist_in.dim() == 2, "dist must be 2-D");
-  c10::cuda::CUDAGuard guard(dist_in.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor dist = dist_in.contiguous();
-  const at::Tensor labels = labels_in.to(at::kLong).contiguous();
-  const at::Tensor ref_labels = ref_labels_in.to(at::kLong).contiguous();
-  const int64_t B = dist.size(0), R = dist.size(1);
-  TORCH_CHECK(labels.numel() == B && ref_labels.numel() == R, "labels must match dist's shape");
-  const cuda::TripletRows rows{labels.const_data_ptr<int64_t>(), ref_labels.const_data_ptr<int64_t>(), B, R,
-                               exclude_diagonal, margin};
-
-  const at::Tensor same = labels.unsqueeze(1) == ref_labels.unsqueeze(0);
-  at::Tensor pos_mask = same;
-  if (exclude_diagonal) {
-    const auto opts = labels.options();
-    pos_mask = same & (at::arange(B, opts).unsqueeze(1) != at::arange(R, opts).unsqueeze(0));
-  }
-  const at::Tensor neg_mask = ~same;
-  const at::Tensor n_pos = pos_mask.sum(1), n_neg = neg_mask.sum(1);
-  const at::Tensor dd = dist.to(at::kDouble);
-
-  at::Tensor grad = at::zeros_like(dist);
-  at::Tensor loss_sum, active, triplets;
-  const auto dbl = dist.options().dtype(at::kDouble);
-  const auto lng = labels.options();
-
-  AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "triplet_margin_loss_cuda", [&] {
-    const scalar_t* d = dist.const_data_ptr<scalar_t>();
-    scalar_t* g = grad.data_ptr<scalar_t>();
-    switch (mining) {
-      case Mining::All: {
-        auto [negs, neg_idx] = sorted_masked_rows(dd, neg_mask);
-        auto [qs, q_idx] = sorted_masked_rows(dd + margin, pos_mask);
-        const at::Tensor prefix =
-            at::cat({at::zeros({B, 1}, dbl), at::where(neg_mask.gather(1, neg_idx), negs, 0.0).cumsum(1)}, 1);
-        at::Tensor contrib = at::zeros({B, R}, dbl), act = at::zeros({B, R}, lng);
-        cuda::batch_all<scalar_t>(d, rows, negs.const_data_ptr<double>(), prefix.const_data_ptr<double>(),
-                                  n_neg.const_data_ptr<int64_t>(), qs.const_data_ptr<double>(),
-                                  n_pos.const_data_ptr<int64_t>(), contrib.data_ptr<double>(),
-                                  act.data_ptr<int64_t>(), g, stream);
-        loss_sum = contrib.sum();
-        active = act.sum();
-        triplets = (n_pos * n_neg).sum();
-        break;
-      }
-      case Mining::Hard: {
-        at::Tensor row_loss = at::zeros({B}, dbl), row_active = at::zeros({B}, lng), row_valid = at::zeros({B}, lng);
-        cuda::batch_hard<scalar_t>(d, rows, soft, row_loss.data_ptr<double>(), row_active.data_ptr<int64_t>(),
-                                   row_valid.data_ptr<int64_t>(), g, stream);
-        loss_sum = row_loss.sum();
-        active = row_active.sum();
-        triplets = row_valid.sum();
-        break;
-      }
-      case Mining::SemiHard: {
-        auto [negs, neg_idx] = sorted_masked_rows(dd, neg_mask);
-        at::Tensor contrib = at::zeros({B, R}, dbl), act = at::zeros({B, R}, lng), valid = at::zeros({B, R}, lng);
-        cuda::semihard<scalar_t>(d, rows, soft, negs.const_data_ptr<double>(), neg_idx.const_data_ptr<int64_t>(),
-                                 n_neg.const_data_ptr<int64_t>(), contrib.data_ptr<double>(),
-                                 act.data_ptr<int64_t>(), valid.data_ptr<int64_t>(), g, stream);
-        loss_sum = contrib.sum();
-        active = act.sum();
-        triplets = valid.sum();
-        break;
-      }
-    }
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-
-  // Same rule as reduction_scale() on the CPU, evaluated on the device.
-  at::Tensor denom = reduction == Reduction::MeanNonzero ? active.to(at::kDouble)
-                     : reduction == Reduction::Mean      ? triplets.to(at::kDouble)
-                                                         : at::ones({}, dbl);
-  const at::Tensor scale = at::where(denom > 0, 1.0 / denom.clamp_min(1.0), at::zeros({}, dbl));
-  grad.mul_(scale.to(dist.scalar_type()));
-  return {(loss_sum * scale).to(dist.scalar_type()), active, triplets, grad};
+    const at::Tensor& dist, const at::Tensor& labels, const at::Tensor& ref_labels, bool exclude_diagonal,
+    double margin, c10::string_view mining, c10::string_view reduction, bool soft) {
+  c10::cuda::CUDAGuard guard(dist.device());
+  return triplet_sorted_impl<CudaLaunch>(dist, labels, ref_labels, exclude_diagonal, margin, mining, reduction, soft);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@ class TripletLoss(NamedTuple):
 
 
 @torch.library.register_fake("ssml_fast::triplet_margin_loss_from_dist")
+@torch.library.register_fake("ssml_fast::_triplet_margin_loss_from_dist_sorted")
 def _triplet_fake(dist, labels, ref_labels, exclude_diagonal, margin, mining, reduction, soft):
     scalar_long = dist.new_empty((), dtype=torch.int64)
     return dist.new_empty(()), scalar_long, scalar_long.clone(), torch.empty_like(dist)
