@@ -15,6 +15,10 @@ TORCH_LIBRARY(ssml_fast, m) {
   // Returns (loss: 0-d, num_active: 0-d int64, num_triplets: 0-d int64, dloss_ddist: (B, R)).
   m.def("triplet_margin_loss_from_dist(Tensor dist, Tensor labels, Tensor ref_labels, bool exclude_diagonal, "
         "float margin, str mining, str reduction, bool soft) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Same contract; the CUDA backend's algorithm executed on the CPU (tests only: it is how machines
+  // without a GPU run the GPU code path).
+  m.def("_triplet_margin_loss_from_dist_sorted(Tensor dist, Tensor labels, Tensor ref_labels, "
+        "bool exclude_diagonal, float margin, str mining, str reduction, bool soft) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---- Memory banks (ssml_fast/memory). In place, no autograd (they run under no_grad). ----
   // buffer: (S, ...) contiguous ring of S slots, any dtype; rows: (N, ...) same trailing shape and dtype;
