@@ -312,3 +312,12 @@ def test_bad_input_errors_name_the_argument():
         knn_search(x, 10)
     with pytest.raises(ValueError, match="use_gpu") if not gpu_available() else pytest.raises(TypeError):
         knn_search(x, 2, use_gpu=True if not gpu_available() else "yes")
+
+
+def test_chunks_bound_the_memory_for_large_n():
+    # N = 100,000 with k = 60: each faiss call returns at most ~2**22 results, never N x N.
+    from ssml_fast.evaluation.knn import default_chunk_size
+
+    for k in (1, 9, 60, 1000, 99_999):
+        rows = default_chunk_size(k)
+        assert 1 <= rows <= 8192 and rows * k <= max(2**22, k)
