@@ -202,7 +202,7 @@ def test_bad_construction(args, match):
 
 
 def test_raw_op_rejects_out_of_range_ids():
-    with pytest.raises(IndexError, match="ids"):
+    with pytest.raises(ValueError, match="ids"):
         torch.ops.ssml_fast.bank_momentum_update_(torch.zeros(5, 2), torch.tensor([5]), torch.ones(1, 2), 0.5)
     with pytest.raises(ValueError, match="momentum"):
         torch.ops.ssml_fast.bank_momentum_update_(torch.zeros(5, 2), torch.tensor([1]), torch.ones(1, 2), 1.5)

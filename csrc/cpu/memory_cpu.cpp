@@ -3,7 +3,6 @@
 // allocate nothing proportional to the ring or bank size.
 #include <algorithm>
 #include <cstring>
-#include <utility>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -53,6 +52,47 @@ void queue_enqueue_many_cpu(at::TensorList buffers, at::TensorList rows, int64_t
   for (size_t i = 0; i < buffers.size(); ++i) enqueue_one(buffers[i], rows[i], ptr);
 }
 
+// Rows grouped by id in O(B) with a small open-addressing table (no sort): groups in order of first
+// occurrence, each group's rows linked in ascending row order.
+struct IdGroups {
+  std::vector<int64_t> head, count;  // per group: first row, number of rows
+  std::vector<int64_t> next;         // per row: next row with the same id, or -1
+};
+
+IdGroups group_ids(const int64_t* id, int64_t B, int64_t N) {
+  IdGroups g;
+  g.next.assign(B, -1);
+  g.head.reserve(B);
+  g.count.reserve(B);
+  std::vector<int64_t> tail;
+  tail.reserve(B);
+  int64_t cap = 16;
+  while (cap < 2 * B) cap *= 2;
+  std::vector<int64_t> table(cap, -1);  // slot -> group
+  for (int64_t r = 0; r < B; ++r) {
+    TORCH_CHECK_VALUE(id[r] >= 0 && id[r] < N, "ids[", r, "] = ", id[r], " is out of range for a bank of ", N,
+                      " slots");
+    uint64_t h = (static_cast<uint64_t>(id[r]) * 0x9E3779B97F4A7C15ull) >> 32;
+    for (;; ++h) {
+      int64_t& slot = table[h & (cap - 1)];
+      if (slot < 0) {
+        slot = static_cast<int64_t>(g.head.size());
+        g.head.push_back(r);
+        g.count.push_back(1);
+        tail.push_back(r);
+        break;
+      }
+      if (id[g.head[slot]] == id[r]) {
+        g.next[tail[slot]] = r;
+        tail[slot] = r;
+        ++g.count[slot];
+        break;
+      }
+    }
+  }
+  return g;
+}
+
 void bank_momentum_update_cpu(const at::Tensor& bank, const at::Tensor& ids_in, const at::Tensor& feats_in,
                               double momentum) {
   check_bank_update_args(bank, ids_in, feats_in, momentum);
@@ -61,38 +101,28 @@ void bank_momentum_update_cpu(const at::Tensor& bank, const at::Tensor& ids_in, 
   const int64_t N = bank.size(0), D = bank.size(1), B = ids.numel();
   if (B == 0) return;
   const int64_t* id = ids.const_data_ptr<int64_t>();
-
-  // (id, row) sorted: rows sharing an id become one group, in ascending row order, so the mean of
-  // duplicates is summed in a fixed order whatever the thread count.
-  std::vector<std::pair<int64_t, int64_t>> order(B);
-  for (int64_t r = 0; r < B; ++r) {
-    TORCH_CHECK_INDEX(id[r] >= 0 && id[r] < N, "ids[", r, "] = ", id[r], " is out of range for a bank of ", N,
-                      " slots");
-    order[r] = {id[r], r};
-  }
-  std::sort(order.begin(), order.end());
-  std::vector<int64_t> group_start;
-  group_start.reserve(B + 1);
-  for (int64_t k = 0; k < B; ++k)
-    if (k == 0 || order[k].first != order[k - 1].first) group_start.push_back(k);
-  const int64_t G = static_cast<int64_t>(group_start.size());
-  group_start.push_back(B);
+  const IdGroups groups = group_ids(id, B, N);
+  const int64_t G = static_cast<int64_t>(groups.head.size());
+  // Below ~32k elements of work per thread, waking a second thread costs more than it saves.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(D, 1));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bank.scalar_type(), "bank_momentum_update_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scalar_t* bk = bank.data_ptr<scalar_t>();
     const scalar_t* f = feats.const_data_ptr<scalar_t>();
     const acc_t m = static_cast<acc_t>(momentum);
-    at::parallel_for(0, G, 16, [&](int64_t g_begin, int64_t g_end) {
+    at::parallel_for(0, G, grain, [&](int64_t g_begin, int64_t g_end) {
       std::vector<acc_t> mixed(D);
       for (int64_t g = g_begin; g < g_end; ++g) {
-        const int64_t k0 = group_start[g], k1 = group_start[g + 1];
-        scalar_t* slot = bk + order[k0].first * D;
+        int64_t r = groups.head[g];
+        scalar_t* slot = bk + id[r] * D;
+        // Sum of the group's rows, in ascending row order (the CUDA kernel sums in the same order).
+        for (int64_t d = 0; d < D; ++d) mixed[d] = static_cast<acc_t>(f[r * D + d]);
+        for (r = groups.next[r]; r >= 0; r = groups.next[r])
+          for (int64_t d = 0; d < D; ++d) mixed[d] += static_cast<acc_t>(f[r * D + d]);
         acc_t sum_sq = 0;
         for (int64_t d = 0; d < D; ++d) {
-          acc_t s = 0;
-          for (int64_t k = k0; k < k1; ++k) s += static_cast<acc_t>(f[order[k].second * D + d]);
-          mixed[d] = momentum_mix<acc_t>(m, static_cast<acc_t>(slot[d]), s, k1 - k0);
+          mixed[d] = momentum_mix<acc_t>(m, static_cast<acc_t>(slot[d]), mixed[d], groups.count[g]);
           sum_sq += mixed[d] * mixed[d];
         }
         const acc_t scale = inv_norm<acc_t>(sum_sq);

@@ -39,7 +39,6 @@ class MemoryBank(nn.Module):
     def __len__(self) -> int:
         return self.num_items
 
-    @torch.no_grad()
     def update(self, ids: torch.Tensor, feats: torch.Tensor, momentum: float) -> None:
         """ids (B,) int in [0, num_items); feats (B, dim) float; momentum in [0, 1) (0 = overwrite).
 
