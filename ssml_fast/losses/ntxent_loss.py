@@ -34,14 +34,52 @@ class NTXentLoss(MetricLoss):
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         B = embeddings.shape[0]
         R = B if ref_emb is None else ref_emb.shape[0]
-        s = _pairs.similarity(embeddings, ref_emb, self.similarity) / self.temperature
-        pos_w, neg_w = _pairs.pair_weights(labels, ref_labels, indices_tuple, B, R, ref_emb is None,
-                                           s.dtype, s.device)
-        neg_lse = _pairs.masked_logsumexp(s, neg_w, dim=1)  # (B,), -inf where an anchor has no negative
-        per_pair = F.softplus(neg_lse[:, None] - s)
+        if self.similarity == "cosine":
+            # -d / T = (s - 1) / T: the loss is invariant to a constant shift of all logits.
+            logits = _pairs.distance(embeddings, ref_emb, "cosine") * (-1.0 / self.temperature)
+        else:
+            logits = _pairs.similarity(embeddings, ref_emb, "dot") * (1.0 / self.temperature)
+        if indices_tuple is None:
+            pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
+            return _NTXentFromLogits.apply(logits, pos, neg)
+        pos_w, neg_w = _pairs.pair_weights(None, None, indices_tuple, B, R, ref_emb is None,
+                                           logits.dtype, logits.device)
+        neg_lse = _pairs.masked_logsumexp(logits, neg_w, dim=1)  # (B,), -inf where an anchor has no negative
+        per_pair = F.softplus(neg_lse[:, None] - logits)
         n_pos = pos_w.sum()
         total = (per_pair * pos_w).sum()
         return torch.where(n_pos > 0, total / n_pos.clamp_min(1), total * 0)
+
+
+class _NTXentFromLogits(torch.autograd.Function):
+    """mean over pos (i, j) of softplus(lse_{k in neg_i} z_ik - z_ij), with a hand-written backward:
+        dL/dz_ij = -sigmoid(lse_i - z_ij) / P                  for positives,
+        dL/dz_ik = softmax_neg_i(k) * sum_{j in pos_i} sigmoid(lse_i - z_ij) / P   for negatives,
+    P the number of positive pairs. A handful of B x R passes and no autograd graph over the matrix."""
+
+    @staticmethod
+    def forward(ctx, z, pos, neg):
+        has_neg = neg.any(dim=1, keepdim=True)
+        zn = torch.where(neg, z, -torch.inf)
+        m = zn.amax(dim=1, keepdim=True)
+        m = torch.where(has_neg, m, torch.zeros_like(m))
+        e = zn.sub_(m).exp_()  # softmax numerators over the negatives, 0 elsewhere
+        ssum = e.sum(dim=1, keepdim=True)
+        lse = torch.where(has_neg, ssum.log() + m, -torch.inf)  # (B, 1)
+        t = torch.sub(lse, z)  # lse_i - z_ij
+        n_pos = pos.sum()
+        loss_sum = torch.where(pos, F.softplus(t), 0.0).sum()
+        sig = torch.where(pos, t.sigmoid_(), 0.0)
+        ctx.save_for_backward(e, ssum, sig, n_pos)
+        return torch.where(n_pos > 0, loss_sum / n_pos.clamp_min(1), loss_sum * 0)
+
+    @staticmethod
+    def backward(ctx, g):
+        e, ssum, sig, n_pos = ctx.saved_tensors
+        scale = torch.where(n_pos > 0, g / n_pos.clamp_min(1), g * 0)
+        row = sig.sum(dim=1, keepdim=True) / ssum.clamp_min(torch.finfo(e.dtype).tiny)
+        grad = (e * row).sub_(sig).mul_(scale)  # saved tensors stay intact for retain_graph
+        return grad, None, None
 
 
 InfoNCE = NTXentLoss
