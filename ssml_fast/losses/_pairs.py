@@ -18,8 +18,8 @@ def label_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None, self_ref:
     """(B,) and (R,) int labels -> (pos, neg) bool (B, R). In the self-reference case the diagonal is
     neither positive nor negative (a sample is never paired with itself)."""
     ref = labels if ref_labels is None else ref_labels
-    same = labels[:, None] == ref[None, :]
-    pos, neg = same.clone(), ~same
+    pos = labels[:, None] == ref[None, :]
+    neg = ~pos
     if self_ref:
         pos.fill_diagonal_(False)
     return pos, neg

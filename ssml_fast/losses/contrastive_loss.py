@@ -46,14 +46,66 @@ class ContrastiveLoss(MetricLoss):
         B = embeddings.shape[0]
         R = B if ref_emb is None else ref_emb.shape[0]
         if self.form == "cosine":
-            s = _pairs.similarity(embeddings, ref_emb, "cosine")
-            pos_l, neg_l = torch.relu(self.pos_margin - s), torch.relu(s - self.neg_margin)
+            x, sign = _pairs.similarity(embeddings, ref_emb, "cosine"), -1.0
         else:
-            d = _pairs.distance(embeddings, ref_emb, self.distance)
-            pos_l, neg_l = torch.relu(d - self.pos_margin), torch.relu(self.neg_margin - d)
-            if self.form == "hadsell":
-                pos_l, neg_l = 0.5 * pos_l.square(), 0.5 * neg_l.square()
-        pos_w, neg_w = _pairs.pair_weights(labels, ref_labels, indices_tuple, B, R, ref_emb is None,
-                                           pos_l.dtype, pos_l.device)
-        return (_pairs.reduce_pairs(pos_l, pos_w, self.reduction)
-                + _pairs.reduce_pairs(neg_l, neg_w, self.reduction))
+            x, sign = _pairs.distance(embeddings, ref_emb, self.distance), 1.0
+        if indices_tuple is None:
+            pos_w, neg_w = _pairs.label_masks(labels, ref_labels, ref_emb is None)
+        else:
+            pos_w, neg_w = _pairs.pair_weights(None, None, indices_tuple, B, R, ref_emb is None, x.dtype, x.device)
+        return _ContrastiveFromMatrix.apply(x, pos_w, neg_w, self.pos_margin, self.neg_margin, sign,
+                                            self.form == "hadsell", self.reduction)
+
+
+class _ContrastiveFromMatrix(torch.autograd.Function):
+    """Both reduced pair terms from the (B, R) matrix x in a few elementwise passes, with the analytic
+    backward (no autograd graph over the matrix).
+    Violations: pos v+ = sign (x - pos_margin), neg v- = sign (neg_margin - x); sign = +1 for a distance,
+    -1 for a similarity. Per-pair loss relu(v) (or 0.5 relu(v)^2), weighted by the pair masks (bool) or
+    multiplicities (float), each term divided by its count (all pairs, active pairs, or 1 for "sum");
+    the counts are constants of the backward pass, as in PML."""
+
+    @staticmethod
+    def _violation(x, margin, sign, is_pos):
+        # sign (x - margin) for positives, sign (margin - x) for negatives, in one pass
+        return x - margin if (sign > 0) == is_pos else margin - x
+
+    @staticmethod
+    def forward(ctx, x, pos_w, neg_w, pos_margin, neg_margin, sign, squared, reduction):
+        out, scales = 0, []
+        for w, margin, is_pos in ((pos_w, pos_margin, True), (neg_w, neg_margin, False)):
+            h = _ContrastiveFromMatrix._violation(x, margin, sign, is_pos).clamp_min_(0)
+            per = h.square_().mul_(0.5) if squared else h
+            total = _weighted(per, w).sum()
+            if reduction == "sum":
+                count = torch.ones((), dtype=x.dtype, device=x.device)
+            elif reduction == "mean":
+                count = w.sum().to(x.dtype)
+            else:
+                count = _weighted((per > 0), w).sum().to(x.dtype)
+            scale = torch.where(count > 0, 1.0 / count.clamp_min(1), torch.zeros_like(count))
+            out = out + total * scale
+            scales.append(scale)
+        ctx.save_for_backward(x, pos_w, neg_w, *scales)
+        ctx.consts = (pos_margin, neg_margin, sign, squared)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, pos_w, neg_w, sp, sn = ctx.saved_tensors
+        pos_margin, neg_margin, sign, squared = ctx.consts
+        grad = None
+        for w, margin, is_pos, scale in ((pos_w, pos_margin, True, sp), (neg_w, neg_margin, False, sn)):
+            h = _ContrastiveFromMatrix._violation(x, margin, sign, is_pos).clamp_min_(0)
+            dv_dx = sign if is_pos else -sign
+            d = h if squared else (h > 0)
+            term = _weighted(d, w).to(x.dtype).mul_(scale * dv_dx)
+            grad = term if grad is None else grad.add_(term)
+        return grad.mul_(g), None, None, None, None, None, None, None
+
+
+def _weighted(v, w):
+    """v (float, or a bool indicator) restricted to the pairs: masked by a bool w, or times float counts w."""
+    if w.dtype != torch.bool:
+        return v * w
+    return v & w if v.dtype == torch.bool else torch.where(w, v, 0.0)
