@@ -28,12 +28,16 @@ mkdir -p "$STAMPS"
 deps_key=$(cat "$ROOT/scripts/setup.sh" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
 if [ "$(cat "$STAMPS/deps" 2>/dev/null)" != "$deps_key" ]; then
   log "installing $TORCH_SPEC and dependencies (first run: about 2 minutes)"
-  "$PY" -m pip install -q --upgrade pip >&2
+  pip_log="$STAMPS/pip.log"
   # shellcheck disable=SC2086
-  "$PY" -m pip install -q $TORCH_SPEC >&2
-  "$PY" -m pip install -q numpy faiss-cpu scikit-learn adamp \
-    pytest hypothesis pytest-benchmark "pytorch-metric-learning==2.9.*" \
-    "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja >&2
+  if ! { "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q $TORCH_SPEC &&
+         "$PY" -m pip install -q numpy faiss-cpu scikit-learn adamp \
+           pytest hypothesis pytest-benchmark "pytorch-metric-learning==2.9.*" \
+           "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja; } > "$pip_log" 2>&1; then
+    tail -n 40 "$pip_log" >&2
+    log "dependency install failed; full log: $pip_log"
+    exit 1
+  fi
   echo "$deps_key" > "$STAMPS/deps"
   rm -f "$STAMPS/build"
 fi
