@@ -7,8 +7,8 @@ or:  .venv/bin/python bench/bench_losses.py   (one process: ours and the peer al
 SSML_BENCH_LARGE=1 adds B = 4096 (ours; PML where it fits). SSML_BENCH_THREADS sets torch's intra-op
 threads (default 1: on this shared, oversubscribed 2-core machine two OpenMP threads were up to 100x slower
 than one under load). Absolute times are noisy; quote the ratios measured in the same run.
-Peak memory: extra resident memory (ru_maxrss) of one call in a fresh process (bench/_peak_memory.py);
-the CPU allocator keeps no statistics and tracemalloc does not see tensor storage.
+Peak memory: extra resident memory of one forward + backward, in this process (bench/_rss_peak.py: RSS
+high-water mark reset before the call, glibc mmap threshold fixed so freed tensors leave RSS).
 PML cases that do not fit are skipped: NT-Xent and LiftedStructure build a positives x negatives matrix
 (O(B * R^2) with several positives per anchor; NT-Xent ran out of memory at B = 1024, 6.5 GB at 512),
 SmoothAP builds B x B x B tensors.
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _peak_memory import peak_extra_mb  # noqa: E402
+from _rss_peak import peak_extra_mb  # noqa: E402
 from loss_workloads import NAMES, PML_HAS, make_workload  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("SSML_BENCH_THREADS", "1")))
@@ -45,18 +45,19 @@ CASES += [("ntxent:ssml", 512), ("ntxent:plain", 512), ("ntxent:pml", 512)]
 @pytest.mark.parametrize("impl,B", CASES, ids=[f"{i}-B{b}" for i, b in CASES])
 def test_loss(benchmark, impl, B):
     run = make_workload(impl, B)
+    run()
     benchmark.group = f"{impl.split(':')[0]}-B{B}"
-    benchmark.extra_info.update(threads=torch.get_num_threads(), B=B,
-                                peak_mb=peak_extra_mb("loss_workloads", impl=impl, B=B))
+    benchmark.extra_info.update(threads=torch.get_num_threads(), B=B, peak_mb=peak_extra_mb(run))
     slow = impl.endswith("pml") or B >= 4096
     benchmark.pedantic(run, rounds=3 if slow else 10, warmup_rounds=1)
 
 
-def alternate(impls, B, budget_s=20.0, max_rounds=15):
-    """Median seconds per implementation, running them round-robin in this process."""
+def alternate(impls, B, budget_s=20.0, max_rounds=15, memory=False):
+    """Median seconds per implementation, running them round-robin in this process (and peak MB)."""
     runs = {k: make_workload(k, B) for k in impls}
     for f in runs.values():
         f()  # warm-up
+    peaks = {k: peak_extra_mb(f) for k, f in runs.items()} if memory else {}
     times = {k: [] for k in impls}
     start = time.perf_counter()
     for r in range(max_rounds):
@@ -66,7 +67,8 @@ def alternate(impls, B, budget_s=20.0, max_rounds=15):
             times[k].append(time.perf_counter() - t)
         if r >= 2 and time.perf_counter() - start > budget_s:
             break
-    return {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return (med, peaks) if memory else med
 
 
 def main():
@@ -77,21 +79,19 @@ def main():
     for name in NAMES:
         for B in SIZES:
             impls = [f"{name}:ssml"] + ([f"{name}:pml"] if pml_fits(name, B) else [])
-            t = alternate(impls, B)
+            t, peaks = alternate(impls, B, memory=mem)
             ours = t[impls[0]] * 1e3
             peer = t[impls[1]] * 1e3 if len(impls) > 1 else None
-            m_ours = peak_extra_mb("loss_workloads", impl=impls[0], B=B) if mem else None
-            m_peer = peak_extra_mb("loss_workloads", impl=impls[1], B=B) if mem and peer else None
+            m_ours, m_peer = peaks.get(impls[0]), peaks.get(impls[1]) if peer else None
             fmt = lambda v, p=1: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
             print(f"| {name} | {B} | {ours:.2f} | {fmt(peer, 2)} | {fmt(peer / ours if peer else None)} "
                   f"| {fmt(m_ours)} | {fmt(m_peer)} |", flush=True)
-    t = alternate(["ntxent:ssml", "ntxent:plain", "ntxent:pml"], 512, budget_s=60.0, max_rounds=7)
+    t, peaks = alternate(["ntxent:ssml", "ntxent:plain", "ntxent:pml"], 512, budget_s=60.0, max_rounds=7,
+                         memory=True)
     o, p, q = (t[k] * 1e3 for k in ("ntxent:ssml", "ntxent:plain", "ntxent:pml"))
     print(f"\nNT-Xent B=512: ours {o:.2f} ms, plain O(B^2) {p:.2f} ms, PML {q:.1f} ms -> "
           f"PML/ours {q / o:.0f}x, plain/ours {p / o:.2f}x")
-    if mem:
-        print("  peak MB: " + ", ".join(f"{k} {peak_extra_mb('loss_workloads', impl='ntxent:' + k, B=512)}"
-                                        for k in ("ssml", "plain", "pml")))
+    print("  peak MB: " + ", ".join(f"{k.split(':')[1]} {v}" for k, v in peaks.items()))
 
 
 if __name__ == "__main__":

@@ -80,9 +80,9 @@ class _ContrastiveFromMatrix(torch.autograd.Function):
             if reduction == "sum":
                 count = torch.ones((), dtype=x.dtype, device=x.device)
             elif reduction == "mean":
-                count = w.sum().to(x.dtype)
+                count = _count(w, x.dtype)
             else:
-                count = _weighted((per > 0), w).sum().to(x.dtype)
+                count = _count(_weighted(per > 0, w), x.dtype)
             scale = torch.where(count > 0, 1.0 / count.clamp_min(1), torch.zeros_like(count))
             out = out + total * scale
             scales.append(scale)
@@ -109,3 +109,8 @@ def _weighted(v, w):
     if w.dtype != torch.bool:
         return v * w
     return v & w if v.dtype == torch.bool else torch.where(w, v, 0.0)
+
+
+def _count(w, dtype):
+    # count_nonzero avoids summing a bool matrix (which first copies it to int64)
+    return (torch.count_nonzero(w) if w.dtype == torch.bool else w.sum()).to(dtype)
