@@ -94,8 +94,9 @@ class CandidatePoolSampler(AnchorBatchSampler):
     def _neighbours(self, anchors: torch.Tensor) -> torch.Tensor:
         pool = self.candidate_pool[anchors]
         if self._emb is None:
-            if pool.shape[1] == self.k or not (pool == anchors[:, None]).any():
+            if not (pool == anchors[:, None]).any():
                 return pool[:, : self.k]
+            # A precomputed pool may list the anchor itself: keep pool order, skip it.
             score = -torch.arange(pool.shape[1], dtype=torch.float32).expand(pool.shape).clone()
         else:
             a, c = self._emb[anchors], self._emb[pool]
