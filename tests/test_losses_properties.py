@@ -225,3 +225,17 @@ def test_half_precision_is_computed_in_float32():
     for name in ("contrastive", "ntxent", "multi_similarity", "smooth_ap"):
         loss = LABELLED[name]()
         torch.testing.assert_close(loss(x.half(), y), loss(x.half().float(), y), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LABELLED))
+def test_losses_run_on_every_device(device, name):
+    """float32 on `device` (CUDA too when present) agrees with float64 on the CPU."""
+    x, y = batch(12, 3, dtype=torch.float64)
+    ref_loss = LABELLED[name]().double()
+    loss = LABELLED[name]().to(device)
+    if hasattr(loss, "proxies"):
+        loss.proxies.data.copy_(ref_loss.proxies.data.float())
+    expected = ref_loss(x, y)
+    got = loss(x.float().to(device), y.to(device))
+    assert got.device.type == device.type
+    torch.testing.assert_close(got.cpu().double(), expected, rtol=1e-4, atol=1e-5)
