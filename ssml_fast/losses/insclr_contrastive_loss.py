@@ -28,8 +28,15 @@ class InsCLRContrastiveLoss(MetricLoss):
         B = embeddings.shape[0]
         R = B if ref_emb is None else ref_emb.shape[0]
         s = _pairs.similarity(embeddings, ref_emb, "cosine")
-        pos_w, neg_w = _pairs.pair_weights(labels, ref_labels, indices_tuple, B, R, ref_emb is None,
-                                           s.dtype, s.device)
-        hard = (s.detach() > self.lambda_).to(s.dtype)
-        total = ((1 - s) * pos_w).sum() + (s * hard * neg_w).sum()
+        with torch.no_grad():
+            if indices_tuple is None:
+                pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
+                n_pos = torch.count_nonzero(pos).to(s.dtype)
+                coef = (neg & (s > self.lambda_)).to(s.dtype).sub_(pos.to(s.dtype))
+            else:
+                pos_w, neg_w = _pairs.pair_weights(None, None, indices_tuple, B, R, ref_emb is None, s.dtype, s.device)
+                n_pos = pos_w.sum()
+                coef = neg_w * (s > self.lambda_) - pos_w
+        # sum_pos (1 - s) + sum_{neg, s > lambda} s = n_pos + sum(coef * s): one product over the matrix
+        total = n_pos + (s * coef).sum()
         return total / max(B, 1) if self.reduction == "mean" else total
