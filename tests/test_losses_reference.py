@@ -158,3 +158,12 @@ def test_insclr():
     r, ry = batch(7, 3, seed=4)
     check(lambda e, m: L.InsCLRContrastiveLoss(-0.2)(e, y, ref_emb=m, ref_labels=ry),
           lambda e, m: ref.insclr(e, y, -0.2, ref=m, ref_labels=ry), x, r)
+
+
+def test_self_distillation_kl_from_distances_matches_embeddings_call():
+    f, _ = batch(6, D=4)
+    g, _ = batch(6, D=7, seed=3)
+    kl = L.SelfDistillationKL()
+    torch.testing.assert_close(kl(f, g), kl.from_distances(L.relative_distance(f), L.relative_distance(g)))
+    with pytest.raises(ValueError, match="teacher_dist"):
+        kl.from_distances(torch.rand(4, 4), torch.rand(5, 5))

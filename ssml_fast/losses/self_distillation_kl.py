@@ -16,7 +16,8 @@ class SelfDistillationKL(nn.Module):
     embeddings f and the higher-dimensional embeddings g; the softmax runs over j != i (eq 3.22). g is
     detached: the loss trains f only. temperature T = 1 is eq 3.22. exclude_self=False keeps j = i in
     the softmax (what STML's released code does).
-    Call: loss(student (n, D_f), teacher (n, D_g)) -> 0-d, the rows of both describing the same n samples.
+    Call: loss(student (n, D_f), teacher (n, D_g)) -> 0-d, the rows of both describing the same n samples;
+    or loss.from_distances(student_dist (n, n), teacher_dist (n, n)) with distances computed elsewhere.
     """
 
     def __init__(self, temperature: float = 1.0, exclude_self: bool = True):
@@ -33,10 +34,26 @@ class SelfDistillationKL(nn.Module):
             raise ValueError(f"teacher has {teacher.shape[0]} rows but student has {n}")
         if n < (3 if self.exclude_self else 2):
             return _pairs.zero_loss(student)
-        t = self.temperature
-        lf = -relative_distance(student) / t
         with torch.no_grad():
-            lg = -relative_distance(teacher.detach()).to(lf.dtype) / t
+            dg = relative_distance(teacher.detach())
+        return self.from_distances(relative_distance(student), dg)
+
+    def from_distances(self, student_dist: torch.Tensor, teacher_dist: torch.Tensor) -> torch.Tensor:
+        """The same loss from precomputed (n, n) distance matrices (e.g. other normalisations);
+        teacher_dist is detached."""
+        for name, d in (("student_dist", student_dist), ("teacher_dist", teacher_dist)):
+            _checks.check_tensor(name, d)
+            if d.dim() != 2 or d.shape[0] != d.shape[1] or not d.is_floating_point():
+                raise ValueError(f"{name} must be a square floating (n, n) matrix, got {d.dtype} {tuple(d.shape)}")
+        if teacher_dist.shape != student_dist.shape:
+            raise ValueError(f"teacher_dist has shape {tuple(teacher_dist.shape)} but student_dist has "
+                             f"{tuple(student_dist.shape)}")
+        n = student_dist.shape[0]
+        if n < (3 if self.exclude_self else 2):
+            return _pairs.zero_loss(student_dist)
+        t = self.temperature
+        lf = -student_dist / t
+        lg = -teacher_dist.detach().to(lf.dtype) / t
         if self.exclude_self:
             eye = torch.eye(n, dtype=torch.bool, device=lf.device)
             lf, lg = lf.masked_fill(eye, -torch.inf), lg.masked_fill(eye, -torch.inf)
