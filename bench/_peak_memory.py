@@ -1,7 +1,8 @@
 """Peak extra resident memory of one call, measured in a fresh process.
 
-The CPU allocator keeps no statistics and ru_maxrss never goes down, so each measurement runs in its own
-interpreter: a small warm-up call, then the inputs, then one call; we report max RSS minus RSS before it.
+The CPU allocator keeps no statistics, so each measurement runs in its own interpreter: a small warm-up
+call, then the inputs, then the peak-RSS mark (VmHWM) is reset and one call runs; we report the new
+peak minus the RSS before the call. (ru_maxrss would not do: a child inherits its parent's peak.)
 """
 from __future__ import annotations
 
@@ -11,17 +12,26 @@ import subprocess
 import sys
 
 _CHILD = r"""
-import json, resource, sys, importlib
+import json, sys, importlib
 sys.path.insert(0, {bench_dir!r})
+
+
+def status_mb(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key + ':'):
+            return int(line.split()[1]) / 1024
+
+
 mod = importlib.import_module({module!r})
 kwargs = json.loads({kwargs!r})
 # Warm up on a small problem so one-time allocations (thread pools, BLAS buffers) are not counted.
 mod.make_workload(**dict(kwargs, B=64))()
 fn = mod.make_workload(**kwargs)
-before = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # resets this process's peak RSS (VmHWM) to its current RSS
+before = status_mb('VmRSS')
 fn()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps(max(0.0, peak - before)))
+print(json.dumps(max(0.0, status_mb('VmHWM') - before)))
 """
 
 
