@@ -32,4 +32,21 @@ TORCH_LIBRARY(ssml_fast, m) {
   // bank[id] = normalise(momentum * bank[id] + (1 - momentum) * f), f = the mean of the feats rows
   // carrying that id (duplicates summed in ascending row order), normalise(x) = x / max(||x||, 1e-12).
   m.def("bank_momentum_update_(Tensor(a!) bank, Tensor ids, Tensor feats, float momentum) -> ()");
+
+  // ---- Contextual similarity and k-reciprocal re-ranking (no autograd: targets and evaluation). ----
+  // teacher_emb: (n, d) float32/float64; 1 <= k <= n; sigma > 0; ids: (n,) int64 or None.
+  // Returns (w, w_p, w_c), each (n, n) float32: STML's w = (w^P + w^C) / 2 and its two parts (thesis
+  // eqs 3.15-3.20). N_k(i) is ordered by (i itself, rows sharing ids[i], the rest) then squared distance,
+  // ties to the lower index.
+  m.def("contextual_similarity(Tensor teacher_emb, int k, float sigma, Tensor? ids) "
+        "-> (Tensor w, Tensor w_p, Tensor w_c)");
+  // query: (q, d), gallery: (g, d), same float dtype -> (q, g) float32 k-reciprocal re-ranked distances
+  // (Zhong et al. 2017, the numbers of the widely used numpy code) over the joint set [query; gallery].
+  // k1 >= 1, 1 <= k2 <= k1, 0 <= lambda_value <= 1.
+  m.def("kreciprocal_rerank(Tensor query, Tensor gallery, int k1, int k2, float lambda_value) -> Tensor");
+  // The same from top-K neighbour lists over the joint set of N = num_query + g rows: distances (N, K)
+  // float squared distances, non-decreasing along each row; indices (N, K) int64; K >= min(k1 + 1, N).
+  // Pairs missing from row i's list count as at row i's largest listed distance -> (num_query, g) float32.
+  m.def("kreciprocal_rerank_topk(Tensor distances, Tensor indices, int num_query, int k1, int k2, "
+        "float lambda_value) -> Tensor");
 }

@@ -1,16 +1,23 @@
 """Typed wrappers over the compiled ops (torch.ops.ssml_fast.*), with autograd and fake kernels."""
+from .contextual import ContextualSimilarity, contextual_similarity
 from .distance import DISTANCES, pairwise_distance
 from .memory import bank_momentum_update_, queue_enqueue_, queue_enqueue_many_
+from .rerank import RERANK_MODES, kreciprocal_rerank, topk_neighbors
 from .triplet import MININGS, REDUCTIONS, TripletLoss, triplet_margin_loss
 
 __all__ = [
     "DISTANCES",
     "MININGS",
     "REDUCTIONS",
+    "RERANK_MODES",
+    "ContextualSimilarity",
     "TripletLoss",
     "bank_momentum_update_",
+    "contextual_similarity",
+    "kreciprocal_rerank",
     "pairwise_distance",
     "queue_enqueue_",
     "queue_enqueue_many_",
+    "topk_neighbors",
     "triplet_margin_loss",
 ]

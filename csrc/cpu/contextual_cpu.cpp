@@ -1,0 +1,269 @@
+// CPU backend of contextual_similarity (STML, thesis eqs 3.15-3.20): one GEMM, then per row a partial
+// selection of N_k(i), bit sets for the k-NN and mutual (R) sets, intersections by popcount, and the
+// query expansion as sparse row sums. No Python loop, nothing larger than n x n.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/exp.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "common/contextual_host.h"
+#include "common/contextual_math.h"
+
+namespace ssml_fast {
+namespace {
+
+// Rows per parallel_for task for O(n)-per-row work.
+constexpr int64_t kRowGrain = 8;
+// Up to this many neighbours per row are selected with an insertion buffer, beyond it with nth_element.
+constexpr int64_t kInsertionMax = 32;
+
+// rep[j] = the lowest index whose row equals row j exactly (values, so -0 == 0); returns whether any row
+// repeats. Found by a hash of each row, checked element-wise.
+template <typename T>
+bool duplicate_representatives(const T* x, int64_t n, int64_t d, std::vector<int64_t>& rep) {
+  std::vector<uint64_t> h(n);
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      uint64_t acc = 0;
+      for (int64_t t = 0; t < d; ++t) {
+        const T v = x[i * d + t] + T(0);  // -0 -> +0
+        uint64_t bits = 0;
+        std::memcpy(&bits, &v, sizeof(T));
+        acc += (bits + static_cast<uint64_t>(t)) * 0x9E3779B97F4A7C15ULL;
+      }
+      h[i] = acc ^ (acc >> 29);
+    }
+  });
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return h[a] != h[b] ? h[a] < h[b] : a < b; });
+  rep.resize(n);
+  std::iota(rep.begin(), rep.end(), 0);
+  bool any = false;
+  for (int64_t s = 0; s < n;) {
+    int64_t e = s + 1;
+    while (e < n && h[order[e]] == h[order[s]]) ++e;
+    for (int64_t a = s + 1; a < e; ++a) {  // members ascend by index: compare with the earlier ones
+      const int64_t j = order[a];
+      for (int64_t c = s; c < a; ++c) {
+        const int64_t r = order[c];
+        if (rep[r] == r && std::equal(x + j * d, x + (j + 1) * d, x + r * d)) {
+          rep[j] = r;
+          any = true;
+          break;
+        }
+      }
+    }
+    s = e;
+  }
+  return any;
+}
+
+template <typename T>
+void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int64_t* ids, at::Tensor& w,
+                         at::Tensor& w_p, at::Tensor& w_c) {
+  const int64_t n = x.size(0);
+  const int64_t W = (n + 63) / 64;  // 64-bit words per bit set
+  const int64_t m = expansion_size(k);
+
+  // d2 (n, n): squared distances of the L2-normalised rows, from the raw Gram matrix. Every entry is read from
+  // the upper triangle at the rows' first copies (a GEMM may round identical rows or mirrored entries
+  // differently), so d2 is exactly symmetric and identical rows tie exactly (their order is then by index).
+  const at::Tensor gram = at::mm(x, x.t());
+  const T* G = gram.const_data_ptr<T>();
+  std::vector<int64_t> rep;
+  duplicate_representatives(x.const_data_ptr<T>(), n, x.size(1), rep);
+  std::vector<T> inv(n), s(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = G[i * n + i];
+    // ||x_i||^2 is finite iff row i is (barring overflow of a huge finite row): the NaN check for free.
+    TORCH_CHECK_VALUE(std::isfinite(g), "teacher_emb contains NaN or infinite values (row ", i, ")");
+    inv[i] = T(1) / std::max(std::sqrt(g), T(kContextualNormEps));
+    s[i] = g * inv[i] * inv[i];
+  }
+  at::Tensor d2_t = at::empty({n, n}, x.options());
+  T* d2 = d2_t.data_ptr<T>();
+  // Row i's task writes (i, j >= i) and its mirror (j, i), which no other task touches.
+  at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      for (int64_t j = i; j < n; ++j) {
+        const int64_t u = std::min(rep[i], rep[j]), v = std::max(rep[i], rep[j]);
+        const T dist = unit_sqdist<T>(G[u * n + v], s[u], s[v], inv[u], inv[v], u == v);
+        d2[i * n + j] = dist;
+        d2[j * n + i] = dist;
+      }
+    }
+  });
+
+  // N_k(i) in rank order (nn, (n, k)) and as a bit set (nb, (n, W)).
+  std::vector<int64_t> nn(n * k);
+  std::vector<uint64_t> nb(n * W, 0), rb(n * W, 0);
+  // Per row: i and the rows sharing its id (groups 0 and 1, usually a handful) are sorted outright. The
+  // `rest` nearest of the others, by (d2, column): for small `rest` an insertion-sorted buffer scanned in
+  // ascending column order (an equal distance never displaces an earlier column); otherwise nth_element on
+  // the plain distances gives the cut value v, and the columns below v, then those equal to v in ascending
+  // column order, fill the list.
+  at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
+    std::vector<int64_t> forced, picked;
+    std::vector<T> vals(n);
+    for (int64_t i = b; i < e; ++i) {
+      const T* row = d2 + i * n;
+      auto before = [&](int64_t a, int64_t c) {
+        return ranks_before<T>(neighbour_group(i, a, ids), row[a], a, neighbour_group(i, c, ids), row[c], c);
+      };
+      forced.assign(1, i);
+      if (ids != nullptr)
+        for (int64_t j = 0; j < n; ++j)
+          if (j != i && ids[j] == ids[i]) forced.push_back(j);
+      std::sort(forced.begin(), forced.end(), before);
+      const int64_t nf = std::min<int64_t>(k, static_cast<int64_t>(forced.size()));
+      const int64_t rest = k - nf;
+      picked.clear();
+      if (rest > 0 && rest <= kInsertionMax) {
+        vals.resize(std::max<int64_t>(n, rest));
+        picked.resize(rest);
+        int64_t cnt = 0;
+        T cut = std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < n; ++j) {
+          const T v = row[j];
+          if (cnt == rest && !(v < cut)) continue;
+          if (neighbour_group(i, j, ids) != 2) continue;
+          int64_t p = cnt < rest ? cnt++ : rest - 1;
+          while (p > 0 && v < vals[p - 1]) {
+            vals[p] = vals[p - 1];
+            picked[p] = picked[p - 1];
+            --p;
+          }
+          vals[p] = v;
+          picked[p] = j;
+          if (cnt == rest) cut = vals[rest - 1];
+        }
+      } else if (rest > 0) {
+        int64_t nv = 0;
+        for (int64_t j = 0; j < n; ++j)
+          if (neighbour_group(i, j, ids) == 2) vals[nv++] = row[j];
+        std::nth_element(vals.begin(), vals.begin() + (rest - 1), vals.begin() + nv);
+        const T cut = vals[rest - 1];
+        for (int64_t j = 0; j < n; ++j)
+          if (neighbour_group(i, j, ids) == 2 && row[j] < cut) picked.push_back(j);
+        for (int64_t j = 0; j < n && static_cast<int64_t>(picked.size()) < rest; ++j)
+          if (neighbour_group(i, j, ids) == 2 && row[j] == cut) picked.push_back(j);
+        std::sort(picked.begin(), picked.end(), before);
+      }
+      for (int64_t r = 0; r < k; ++r) {
+        const int64_t j = r < nf ? forced[r] : picked[r - nf];
+        nn[i * k + r] = j;
+        nb[i * W + (j >> 6)] |= 1ULL << (j & 63);
+      }
+    }
+  });
+
+  // R(i) = {j in N_k(i) : i in N_k(j)}, kept in N_k(i)'s order (rl, (n, k), first rs[i] valid) and as bits.
+  std::vector<int64_t> rl(n * k), rs(n);
+  at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      int64_t c = 0;
+      for (int64_t r = 0; r < k; ++r) {
+        const int64_t j = nn[i * k + r];
+        if (test_bit(&nb[j * W], i)) {
+          rl[i * k + c++] = j;
+          rb[i * W + (j >> 6)] |= 1ULL << (j & 63);
+        }
+      }
+      rs[i] = c;  // >= 1: i is first in its own list
+    }
+  });
+
+  // w~_ij = |R(i) ∩ R(j)| / |R(i)| for j in R(i) (eq 3.17), stored beside rl.
+  std::vector<T> wt(n * k);
+  at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T inv_size = T(1) / static_cast<T>(rs[i]);
+      for (int64_t c = 0; c < rs[i]; ++c) {
+        const int64_t j = rl[i * k + c];
+        wt[i * k + c] = static_cast<T>(intersection_count(&rb[i * W], &rb[j * W], W)) * inv_size;
+      }
+    }
+  });
+
+  // Query expansion (eq 3.18), unscaled: what_i = sum of w~_h over the first m entries h of N_k(i).
+  int64_t sparse_work = 0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < m; ++r) sparse_work += rs[nn[i * k + r]];
+  at::Tensor what_t;
+  if (prefer_dense_expansion(sparse_work, n)) {
+    at::Tensor wt_dense = at::zeros({n, n}, x.options());
+    T* wd = wt_dense.data_ptr<T>();
+    for (int64_t h = 0; h < n; ++h)
+      for (int64_t c = 0; c < rs[h]; ++c) wd[h * n + rl[h * k + c]] = wt[h * k + c];
+    at::Tensor nn_t = at::from_blob(nn.data(), {n, k}, at::TensorOptions().dtype(at::kLong));
+    what_t = dense_expansion(nn_t, m, wt_dense);
+  } else {
+    what_t = at::zeros({n, n}, x.options());
+    T* what = what_t.data_ptr<T>();
+    at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        T* out = what + i * n;
+        for (int64_t r = 0; r < m; ++r) {
+          const int64_t h = nn[i * k + r];
+          for (int64_t c = 0; c < rs[h]; ++c) out[rl[h * k + c]] += wt[h * k + c];
+        }
+      }
+    });
+  }
+
+  // w^C = (w^ + w^T) / 2 (eq 3.19), w^P = exp(-d2 / sigma) (eq 3.15), w = (w^P + w^C) / 2 (eq 3.20).
+  // w^P through ATen's vectorised exp; for float32 it is written straight into the output.
+  at::Tensor wp_t = at::exp(d2_t * (-1.0 / sigma));
+  const T* wp = wp_t.const_data_ptr<T>();
+  const T* what = what_t.const_data_ptr<T>();
+  float* pw = w.data_ptr<float>();
+  float* pp = w_p.data_ptr<float>();
+  float* pc = w_c.data_ptr<float>();
+  const T inv_m = T(1) / static_cast<T>(m);
+  at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        const T c = (what[i * n + j] * inv_m + what[j * n + i] * inv_m) / T(2);
+        const T p = wp[i * n + j];
+        pc[i * n + j] = static_cast<float>(c);
+        pp[i * n + j] = static_cast<float>(p);
+        pw[i * n + j] = static_cast<float>((p + c) / T(2));
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contextual_similarity_cpu(const at::Tensor& teacher_emb, int64_t k,
+                                                                         double sigma,
+                                                                         const std::optional<at::Tensor>& ids) {
+  check_contextual_args(teacher_emb, k, sigma, ids);
+  const at::Tensor x = teacher_emb.contiguous();
+  const at::Tensor id = ids.has_value() ? ids->contiguous() : at::Tensor();
+  const int64_t n = x.size(0);
+  const auto opts = x.options().dtype(at::kFloat);
+  at::Tensor w = at::empty({n, n}, opts), w_p = at::empty({n, n}, opts), w_c = at::empty({n, n}, opts);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contextual_similarity_cpu", [&] {
+    contextual_cpu_impl<scalar_t>(x, k, sigma, id.defined() ? id.const_data_ptr<int64_t>() : nullptr, w, w_p, w_c);
+  });
+  return {w, w_p, w_c};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssml_fast, CPU, m) {
+  m.impl("contextual_similarity", &contextual_similarity_cpu);
+}
+
+}  // namespace ssml_fast

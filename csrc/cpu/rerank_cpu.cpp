@@ -1,0 +1,428 @@
+// CPU backend of k-reciprocal re-ranking (Zhong et al., CVPR 2017), reproducing the widely used numpy
+// code's numbers with sparse structures only:
+//   - one blocked pass over the joint set's distances (a B x N GEMM tile at a time, never N x N) gives each
+//     row's first k1 + 1 neighbours by partial selection, its largest distance (the row normaliser) and,
+//     for query rows, the original-distance part of the output;
+//   - k-reciprocal sets, their expansion and the rows of V are per-row sparse (about k1..2 k1 entries);
+//   - the local query expansion merges k2 sparse rows; the Jaccard step walks an inverted index.
+// Memory: the (q, g) output + O(N k1 k2) + one GEMM tile. The top-K list entry point needs no features.
+//
+// Conventions (the numpy code's, made deterministic):
+//   d(i, j)  squared euclidean distance, clamped at 0, exactly 0 on the diagonal;
+//   dn(i, j) = d(i, j) / max_j' d(i, j') (0 when the row's max is 0);
+//   neighbour order of row i: dn ascending, ties to the lower index (numpy's argsort leaves ties open);
+//   k-reciprocal set R(i): j among i's first k1 + 1 neighbours with i among j's first k1 + 1;
+//   expansion: for c in R(i), c's round(k1 / 2)-reciprocal set H(c) (half-to-even rounding, first
+//   round(k1 / 2) + 1 neighbours) is added when |H(c) ∩ R(i)| > 2/3 |H(c)| (the same double expression);
+//   V_ij = exp(-dn(i, j)) / sum over the expanded set; with k2 != 1 V_i <- mean of V over i's first k2
+//   neighbours; jaccard_ij = 1 - m / (2 - m), m = sum_l min(V_il, V_jl); out = (1 - lambda) jaccard + lambda dn.
+// Sets larger than the joint set are truncated to it, as numpy's slicing does.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include "common/contextual_math.h"
+
+namespace ssml_fast {
+namespace {
+
+using Row = std::vector<std::pair<int32_t, float>>;  // sparse row: (column, value), columns ascending
+
+struct RerankParams {
+  int64_t n;      // joint set size
+  int64_t q;      // queries are rows [0, q), gallery rows [q, n)
+  int64_t k1, k2;
+  double lambda;
+};
+
+// Per-thread "is j marked for the current row" array without clearing between rows.
+struct Stamp {
+  std::vector<int64_t> owner;
+  std::vector<int32_t> pos;
+  explicit Stamp(int64_t n) : owner(n, -1), pos(n, 0) {}
+  void mark(int64_t j, int64_t row, int32_t p = 0) { owner[j] = row; pos[j] = p; }
+  bool has(int64_t j, int64_t row) const { return owner[j] == row; }
+};
+
+bool in_prefix(const int32_t* list, int64_t len, int64_t x) {
+  for (int64_t r = 0; r < len; ++r)
+    if (list[r] == x) return true;
+  return false;
+}
+
+// Mutual-neighbour sets of size parameter len: out row i = {j in nn[i, :len] : i in nn[j, :len]}, in
+// nn[i]'s order. nn: (n, L) rank order with L >= len. Returns counts; members in out (n, len).
+std::vector<int32_t> reciprocal_sets(const std::vector<int32_t>& nn, int64_t n, int64_t L, int64_t len,
+                                     std::vector<int32_t>& out) {
+  out.assign(n * len, 0);
+  std::vector<int32_t> cnt(n);
+  at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      int32_t c = 0;
+      for (int64_t r = 0; r < len; ++r) {
+        const int32_t j = nn[i * L + r];
+        if (in_prefix(&nn[j * L], len, i)) out[i * len + c++] = j;
+      }
+      cnt[i] = c;
+    }
+  });
+  return cnt;
+}
+
+// The sparse part shared by both entry points. nn (n, L): first L = min(k1 + 1, n) neighbours of each row in
+// rank order; dist_n(i, j, stamp) -> dn(i, j) for any pair (the stamp belongs to the calling thread and may be
+// used by it). Adds (1 - lambda) * jaccard to out (q, g), which holds lambda * dn on entry.
+template <typename DistFn, typename PrepareRow>
+void rerank_sparse(const RerankParams& p, const std::vector<int32_t>& nn, int64_t L, PrepareRow prepare_row,
+                   DistFn dist_n, float* out) {
+  const int64_t n = p.n, q = p.q, g = n - q;
+  const int64_t len_half = std::min<int64_t>(half_round_even(p.k1) + 1, n);
+
+  std::vector<int32_t> rset, hset;
+  const std::vector<int32_t> rcnt = reciprocal_sets(nn, n, L, L, rset);
+  const std::vector<int32_t> hcnt = reciprocal_sets(nn, n, L, len_half, hset);
+
+  // V rows: exp(-dn) over the expanded k-reciprocal set, normalised to sum 1.
+  std::vector<Row> V(n);
+  at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+    Stamp in_r(n), in_e(n), scratch(n);
+    std::vector<int32_t> members;
+    std::vector<double> wv;
+    for (int64_t i = b; i < e; ++i) {
+      prepare_row(i, scratch);
+      members.clear();
+      const int32_t* R = &rset[i * L];
+      for (int32_t c = 0; c < rcnt[i]; ++c) {
+        in_r.mark(R[c], i);
+        in_e.mark(R[c], i);
+        members.push_back(R[c]);
+      }
+      for (int32_t c = 0; c < rcnt[i]; ++c) {
+        const int32_t* H = &hset[R[c] * len_half];
+        const int32_t hn = hcnt[R[c]];
+        int32_t common = 0;
+        for (int32_t t = 0; t < hn; ++t) common += in_r.has(H[t], i);
+        if (static_cast<double>(common) > 2. / 3 * static_cast<double>(hn)) {
+          for (int32_t t = 0; t < hn; ++t) {
+            if (!in_e.has(H[t], i)) {
+              in_e.mark(H[t], i);
+              members.push_back(H[t]);
+            }
+          }
+        }
+      }
+      std::sort(members.begin(), members.end());
+      wv.resize(members.size());
+      double total = 0;
+      for (size_t t = 0; t < members.size(); ++t) {
+        wv[t] = std::exp(-dist_n(i, members[t], scratch));
+        total += wv[t];
+      }
+      Row& row = V[i];
+      row.resize(members.size());
+      for (size_t t = 0; t < members.size(); ++t) row[t] = {members[t], static_cast<float>(wv[t] / total)};
+    }
+  });
+
+  // Local query expansion: V_i <- mean of V over i's first k2 neighbours (the numpy code skips it at k2 = 1).
+  if (p.k2 != 1) {
+    const int64_t k2 = std::min<int64_t>(p.k2, L);
+    std::vector<Row> Vqe(n);
+    at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+      Stamp seen(n);
+      std::vector<double> acc(n, 0.0);
+      std::vector<int32_t> cols;
+      for (int64_t i = b; i < e; ++i) {
+        cols.clear();
+        for (int64_t r = 0; r < k2; ++r) {
+          for (const auto& [c, v] : V[nn[i * L + r]]) {
+            if (!seen.has(c, i)) {
+              seen.mark(c, i);
+              cols.push_back(c);
+              acc[c] = 0;
+            }
+            acc[c] += v;
+          }
+        }
+        std::sort(cols.begin(), cols.end());
+        Row& row = Vqe[i];
+        row.resize(cols.size());
+        for (size_t t = 0; t < cols.size(); ++t) row[t] = {cols[t], static_cast<float>(acc[cols[t]] / k2)};
+      }
+    });
+    V.swap(Vqe);
+  }
+
+  // Inverted index over the gallery rows: for each column l, the (gallery row - q, V_jl) with V_jl != 0.
+  std::vector<int64_t> start(n + 1, 0);
+  for (int64_t j = q; j < n; ++j)
+    for (const auto& e : V[j]) ++start[e.first + 1];
+  for (int64_t l = 0; l < n; ++l) start[l + 1] += start[l];
+  std::vector<std::pair<int32_t, float>> inv(start[n]);
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t j = q; j < n; ++j)
+      for (const auto& [l, v] : V[j]) inv[fill[l]++] = {static_cast<int32_t>(j - q), v};
+  }
+
+  // Jaccard distance of each query row to every gallery row, added to out.
+  const float w_jac = static_cast<float>(1.0 - p.lambda);
+  at::parallel_for(0, q, 16, [&](int64_t b, int64_t e) {
+    std::vector<float> acc(g, 0.f);
+    for (int64_t i = b; i < e; ++i) {
+      for (const auto& [l, v] : V[i])
+        for (int64_t t = start[l]; t < start[l + 1]; ++t) acc[inv[t].first] += std::min(v, inv[t].second);
+      float* o = out + i * g;
+      for (int64_t j = 0; j < g; ++j) {
+        o[j] += w_jac * (1.f - acc[j] / (2.f - acc[j]));
+        acc[j] = 0.f;
+      }
+    }
+  });
+}
+
+// The `len` smallest (value, index) pairs among those offered in ascending index order, so an equal value
+// never displaces an earlier index. Offer only values below cut(). Small lists use an insertion-sorted
+// buffer, long ones a max-heap.
+template <typename T>
+class NearestK {
+ public:
+  explicit NearestK(int64_t len) : len_(len), buf_(len + 1) {}
+  void reset() {
+    cnt_ = 0;
+    cut_ = std::numeric_limits<T>::infinity();
+  }
+  T cut() const { return cut_; }
+  void offer(T v, int32_t j) {
+    if (len_ <= kInsertionMax) {
+      int64_t p = cnt_ < len_ ? cnt_++ : len_ - 1;
+      while (p > 0 && v < buf_[p - 1].first) {
+        buf_[p] = buf_[p - 1];
+        --p;
+      }
+      buf_[p] = {v, j};
+      if (cnt_ == len_) cut_ = buf_[len_ - 1].first;
+      return;
+    }
+    if (cnt_ < len_) {
+      buf_[cnt_++] = {v, j};
+      std::push_heap(buf_.begin(), buf_.begin() + cnt_);
+    } else {
+      std::pop_heap(buf_.begin(), buf_.begin() + cnt_);
+      buf_[cnt_ - 1] = {v, j};
+      std::push_heap(buf_.begin(), buf_.begin() + cnt_);
+    }
+    if (cnt_ == len_) cut_ = buf_[0].first;
+  }
+  void sorted_into(int32_t* dst) {
+    if (len_ > kInsertionMax) std::sort_heap(buf_.begin(), buf_.begin() + cnt_);
+    for (int64_t r = 0; r < cnt_; ++r) dst[r] = buf_[r].second;
+  }
+
+ private:
+  static constexpr int64_t kInsertionMax = 32;
+  int64_t len_, cnt_ = 0;
+  T cut_ = std::numeric_limits<T>::infinity();
+  std::vector<std::pair<T, int32_t>> buf_;
+};
+
+template <typename T>
+T dot(const T* a, const T* b, int64_t d) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t t = 0;
+  for (; t + 4 <= d; t += 4) {
+    s0 += a[t] * b[t];
+    s1 += a[t + 1] * b[t + 1];
+    s2 += a[t + 2] * b[t + 2];
+    s3 += a[t + 3] * b[t + 3];
+  }
+  for (; t < d; ++t) s0 += a[t] * b[t];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// Rows of the GEMM tile per block: about 16M entries, so the tile stays near 64 MB whatever N is.
+int64_t block_rows(int64_t n) { return std::clamp<int64_t>((int64_t(1) << 24) / std::max<int64_t>(n, 1), 32, 2048); }
+
+template <typename T>
+void rerank_features_impl(const at::Tensor& x, const RerankParams& p, at::Tensor& out_t) {
+  const int64_t n = p.n, q = p.q, g = n - q, d = x.size(1);
+  const int64_t L = std::min<int64_t>(p.k1 + 1, n);
+  const T* X = x.const_data_ptr<T>();
+  float* out = out_t.data_ptr<float>();
+  const float lam = static_cast<float>(p.lambda);
+
+  std::vector<T> sq(n);
+  at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) sq[i] = dot(X + i * d, X + i * d, d);
+  });
+  auto sqdist = [&](int64_t i, int64_t j, T gram) -> T {
+    if (i == j) return T(0);
+    const T v = sq[i] + sq[j] - T(2) * gram;
+    return v > T(0) ? v : T(0);
+  };
+
+  // Blocked pass: neighbours, row max, and lambda * dn for the query rows.
+  std::vector<int32_t> nn(n * L);
+  std::vector<T> row_max(n);
+  const int64_t B = block_rows(n);
+  for (int64_t b0 = 0; b0 < n; b0 += B) {
+    const int64_t nb = std::min(B, n - b0);
+    at::Tensor tile = at::mm(x.narrow(0, b0, nb), x.t());
+    T* G = tile.data_ptr<T>();
+    at::parallel_for(0, nb, 4, [&](int64_t b, int64_t e) {
+      NearestK<T> top(L);
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t i = b0 + r;
+        T* row = G + r * n;
+        const T si = sq[i];
+        for (int64_t j = 0; j < n; ++j) {  // vectorisable: no branch, no selection
+          const T v = si + sq[j] - T(2) * row[j];
+          row[j] = v > T(0) ? v : T(0);
+        }
+        row[i] = T(0);
+        T mx = T(0);
+        top.reset();
+        for (int64_t j = 0; j < n; ++j) {
+          const T v = row[j];
+          mx = v > mx ? v : mx;
+          if (v < top.cut()) top.offer(v, static_cast<int32_t>(j));
+        }
+        top.sorted_into(&nn[i * L]);
+        row_max[i] = mx;
+        if (i < q) {
+          const T scale = mx > T(0) ? T(1) / mx : T(0);
+          float* o = out + i * g;
+          for (int64_t j = 0; j < g; ++j) o[j] = lam * static_cast<float>(row[q + j] * scale);
+        }
+      }
+    });
+  }
+
+  auto dist_n = [&](int64_t i, int64_t j, Stamp&) -> double {
+    const T mx = row_max[i];
+    if (!(mx > T(0))) return 0.0;
+    return static_cast<double>(sqdist(i, j, dot(X + i * d, X + j * d, d)) / mx);
+  };
+  rerank_sparse(p, nn, L, [](int64_t, Stamp&) {}, dist_n, out);
+}
+
+template <typename T>
+void rerank_topk_impl(const at::Tensor& dist, const at::Tensor& idx, const RerankParams& p, at::Tensor& out_t) {
+  const int64_t n = p.n, q = p.q, g = n - q, K = dist.size(1);
+  const int64_t L = std::min<int64_t>(p.k1 + 1, n);
+  const T* D = dist.const_data_ptr<T>();
+  const int64_t* I = idx.const_data_ptr<int64_t>();
+  float* out = out_t.data_ptr<float>();
+  const float lam = static_cast<float>(p.lambda);
+
+  // Checks that need a pass over the lists: indices in range and unique per row.
+  std::vector<int32_t> nn(n * L);
+  at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
+    Stamp seen(n);
+    for (int64_t i = b; i < e; ++i) {
+      for (int64_t r = 0; r < K; ++r) {
+        const int64_t j = I[i * K + r];
+        TORCH_CHECK_VALUE(j >= 0 && j < n, "indices[", i, ", ", r, "] = ", j, " is outside [0, ", n, ")");
+        TORCH_CHECK_VALUE(!seen.has(j, i), "indices row ", i, " lists ", j, " twice");
+        seen.mark(j, i);
+        if (r < L) nn[i * L + r] = static_cast<int32_t>(j);
+      }
+    }
+  });
+
+  // Row normaliser: the largest listed distance; pairs missing from the list count at that distance (dn = 1).
+  auto row_max = [&](int64_t i) { return std::max(D[i * K + K - 1], T(0)); };
+  at::parallel_for(0, q, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T mx = row_max(i);
+      const T scale = mx > T(0) ? T(1) / mx : T(0);
+      float* o = out + i * g;
+      std::fill(o, o + g, mx > T(0) ? lam : 0.f);
+      for (int64_t r = 0; r < K; ++r) {
+        const int64_t j = I[i * K + r];
+        if (j >= q) o[j - q] = lam * static_cast<float>(std::max(D[i * K + r], T(0)) * scale);
+      }
+    }
+  });
+
+  auto prepare_row = [&](int64_t i, Stamp& s) {
+    for (int64_t r = 0; r < K; ++r) s.mark(I[i * K + r], i, static_cast<int32_t>(r));
+  };
+  auto dist_n = [&](int64_t i, int64_t j, Stamp& s) -> double {
+    const T mx = row_max(i);
+    if (!(mx > T(0))) return 0.0;
+    if (!s.has(j, i)) return 1.0;
+    return static_cast<double>(std::max(D[i * K + s.pos[j]], T(0)) / mx);
+  };
+  rerank_sparse(p, nn, L, prepare_row, dist_n, out);
+}
+
+void check_rerank_params(int64_t k1, int64_t k2, double lambda) {
+  TORCH_CHECK_VALUE(k1 >= 1, "k1 must be >= 1, got ", k1);
+  TORCH_CHECK_VALUE(k2 >= 1 && k2 <= k1, "k2 must be in [1, k1] = [1, ", k1, "], got ", k2);
+  TORCH_CHECK_VALUE(lambda >= 0 && lambda <= 1, "lambda_value must be in [0, 1], got ", lambda);
+}
+
+at::Tensor kreciprocal_rerank_cpu(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
+                                  double lambda_value) {
+  check_rerank_params(k1, k2, lambda_value);
+  TORCH_CHECK_VALUE(query.dim() == 2 && gallery.dim() == 2, "query and gallery must be 2-D (n, d), got shapes ",
+                    query.sizes(), " and ", gallery.sizes());
+  TORCH_CHECK_VALUE(query.size(1) == gallery.size(1), "gallery has dimension ", gallery.size(1),
+                    " but query has ", query.size(1));
+  TORCH_CHECK_TYPE(query.scalar_type() == gallery.scalar_type() &&
+                       (query.scalar_type() == at::kFloat || query.scalar_type() == at::kDouble),
+                   "query and gallery must both be float32 or both float64, got ", query.scalar_type(), " and ",
+                   gallery.scalar_type());
+  const int64_t q = query.size(0), n = q + gallery.size(0);
+  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "too many rows for int32 neighbour indices");
+  at::Tensor out = at::empty({q, n - q}, query.options().dtype(at::kFloat));
+  if (q == 0 || n == q) return out;
+  const at::Tensor x = at::cat({query, gallery}, 0).contiguous();
+  const RerankParams p{n, q, k1, k2, lambda_value};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kreciprocal_rerank_cpu",
+                             [&] { rerank_features_impl<scalar_t>(x, p, out); });
+  return out;
+}
+
+at::Tensor kreciprocal_rerank_topk_cpu(const at::Tensor& distances, const at::Tensor& indices, int64_t num_query,
+                                       int64_t k1, int64_t k2, double lambda_value) {
+  check_rerank_params(k1, k2, lambda_value);
+  TORCH_CHECK_VALUE(distances.dim() == 2 && indices.sizes() == distances.sizes(),
+                    "distances and indices must be 2-D of one shape (N, K), got ", distances.sizes(), " and ",
+                    indices.sizes());
+  TORCH_CHECK_TYPE(distances.scalar_type() == at::kFloat || distances.scalar_type() == at::kDouble,
+                   "distances must be float32 or float64, got ", distances.scalar_type());
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ", indices.scalar_type());
+  const int64_t n = distances.size(0), K = distances.size(1);
+  TORCH_CHECK_VALUE(num_query >= 0 && num_query <= n, "num_query must be in [0, ", n, "], got ", num_query);
+  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "too many rows for int32 neighbour indices");
+  TORCH_CHECK_VALUE(K >= std::min<int64_t>(k1 + 1, n), "the lists hold ", K, " neighbours per row; k1 = ", k1,
+                    " needs at least ", std::min<int64_t>(k1 + 1, n));
+  at::Tensor out = at::empty({num_query, n - num_query}, distances.options().dtype(at::kFloat));
+  if (num_query == 0 || n == num_query) return out;
+  const RerankParams p{n, num_query, k1, k2, lambda_value};
+  const at::Tensor d = distances.contiguous(), i = indices.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "kreciprocal_rerank_topk_cpu",
+                             [&] { rerank_topk_impl<scalar_t>(d, i, p, out); });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssml_fast, CPU, m) {
+  m.impl("kreciprocal_rerank", &kreciprocal_rerank_cpu);
+  m.impl("kreciprocal_rerank_topk", &kreciprocal_rerank_topk_cpu);
+}
+
+}  // namespace ssml_fast

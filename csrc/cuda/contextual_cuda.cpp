@@ -1,0 +1,76 @@
+// CUDA backend of contextual_similarity: the Gram GEMM (cuBLAS through ATen) and the dense expansion
+// GEMM when k is large; everything else in the kernels of contextual_cuda.cu. The host synchronises twice: for the
+// NaN check on the Gram diagonal and in the duplicate-row search (unique_dim).
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common/contextual_host.h"
+#include "cuda/contextual_launchers.h"
+
+namespace ssml_fast {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contextual_similarity_cuda(const at::Tensor& teacher_emb, int64_t k,
+                                                                          double sigma,
+                                                                          const std::optional<at::Tensor>& ids) {
+  check_contextual_args(teacher_emb, k, sigma, ids);
+  c10::cuda::CUDAGuard guard(teacher_emb.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor x = teacher_emb.contiguous();
+  const at::Tensor id = ids.has_value() ? ids->contiguous() : at::Tensor();
+  const int64_t n = x.size(0), W = (n + 63) / 64, m = expansion_size(k);
+  TORCH_CHECK_VALUE(n <= 65535, "contextual_similarity on CUDA takes at most 65535 rows (a grid dimension), got ", n);
+  const auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor w = at::empty({n, n}, f32), w_p = at::empty({n, n}, f32), w_c = at::empty({n, n}, f32);
+
+  const at::Tensor gram = at::mm(x, x.t());
+  // ||x_i||^2 is finite iff row i is (barring overflow of a huge finite row).
+  TORCH_CHECK_VALUE(at::isfinite(gram.diagonal()).all().item<bool>(), "teacher_emb contains NaN or infinite values");
+  at::Tensor d2 = at::empty({n, n}, x.options());
+  const at::Tensor nn = at::empty({n, k}, x.options().dtype(at::kLong));
+  const at::Tensor in_knn = at::empty({n, n}, x.options().dtype(at::kByte));
+  const at::Tensor rb = at::empty({n, W}, x.options().dtype(at::kLong));  // bit sets, as uint64 words
+  const at::Tensor rsize = at::zeros({n}, x.options().dtype(at::kInt));
+  at::Tensor wt = at::empty({n, n}, x.options());
+  auto* rb_bits = reinterpret_cast<uint64_t*>(rb.data_ptr<int64_t>());
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contextual_similarity_cuda", [&] {
+    at::Tensor inv = at::empty({n}, x.options()), s = at::empty({n}, x.options());
+    const at::Tensor rep = duplicate_representatives_aten(x);
+    cuda::contextual_sqdist<scalar_t>(gram.const_data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(),
+                                      s.data_ptr<scalar_t>(), rep.const_data_ptr<int64_t>(), n, kContextualNormEps,
+                                      d2.data_ptr<scalar_t>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::contextual_rank<scalar_t>(d2.const_data_ptr<scalar_t>(),
+                                    id.defined() ? id.const_data_ptr<int64_t>() : nullptr, n, k,
+                                    nn.data_ptr<int64_t>(), in_knn.data_ptr<uint8_t>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::contextual_mutual(in_knn.const_data_ptr<uint8_t>(), n, rb_bits, rsize.data_ptr<int32_t>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::contextual_wtilde<scalar_t>(rb_bits, rsize.const_data_ptr<int32_t>(), n, wt.data_ptr<scalar_t>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // Without a host sync the exact sparse work is unknown; n * m * k bounds it.
+    at::Tensor what;
+    if (prefer_dense_expansion(n * m * k, n)) what = dense_expansion(nn, m, wt);
+    cuda::contextual_combine<scalar_t>(d2.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
+                                       what.defined() ? what.const_data_ptr<scalar_t>() : nullptr,
+                                       nn.const_data_ptr<int64_t>(), n, k, m, sigma, w.data_ptr<float>(),
+                                       w_p.data_ptr<float>(), w_c.data_ptr<float>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {w, w_p, w_c};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssml_fast, CUDA, m) {
+  m.impl("contextual_similarity", &contextual_similarity_cuda);
+}
+
+}  // namespace ssml_fast

@@ -1,0 +1,144 @@
+// CUDA kernels of contextual_similarity: one thread per matrix entry (or per bit-set word), the same
+// math and tie rule as the CPU kernel (common/contextual_math.h). Ranking counts, for each (i, j), the
+// columns that precede j in row i: O(n) per entry with an early exit at k, no sort and no atomics on lists.
+#include "common/contextual_math.h"
+#include "cuda/contextual_launchers.h"
+
+namespace ssml_fast::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+template <typename T>
+__global__ void row_norms_kernel(const T* gram, T* inv, T* s, int64_t n, T eps) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const T g = gram[i * n + i];
+  const T r = sqrt(g);
+  inv[i] = T(1) / (r > eps ? r : eps);
+  s[i] = g * inv[i] * inv[i];
+}
+
+// From the upper triangle of gram at the rows' first copies (rep), like the CPU kernel: d2 is exactly
+// symmetric and identical rows tie exactly.
+template <typename T>
+__global__ void sqdist_kernel(const T* gram, const T* inv, const T* s, const int64_t* rep, int64_t n, T* d2) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n * n) return;
+  const int64_t i = t / n, j = t - i * n;
+  const int64_t ri = rep[i], rj = rep[j];
+  const int64_t a = ri < rj ? ri : rj, b = ri < rj ? rj : ri;
+  d2[t] = unit_sqdist<T>(gram[a * n + b], s[a], s[b], inv[a], inv[b], a == b);
+}
+
+// grid (ceil(n / kThreads), n): x over columns j, y over rows i.
+template <typename T>
+__global__ void rank_kernel(const T* d2, const int64_t* ids, int64_t n, int64_t k, int64_t* nn, uint8_t* in_knn) {
+  const int64_t i = blockIdx.y;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= n) return;
+  const T* row = d2 + i * n;
+  const int gj = neighbour_group(i, j, ids);
+  const T dj = row[j];
+  int64_t rank = 0;
+  for (int64_t l = 0; l < n && rank < k; ++l)
+    rank += ranks_before<T>(neighbour_group(i, l, ids), row[l], l, gj, dj, j);
+  in_knn[i * n + j] = rank < k;
+  if (rank < k) nn[i * k + rank] = j;
+}
+
+__global__ void mutual_kernel(const uint8_t* in_knn, int64_t n, int64_t W, uint64_t* rb, int32_t* rsize) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n * W) return;
+  const int64_t i = t / W, w = t - i * W;
+  uint64_t bits = 0;
+  for (int b = 0; b < 64; ++b) {
+    const int64_t j = w * 64 + b;
+    if (j < n && in_knn[i * n + j] && in_knn[j * n + i]) bits |= 1ULL << b;
+  }
+  rb[t] = bits;
+  if (bits) atomicAdd(rsize + i, popcount64(bits));
+}
+
+template <typename T>
+__global__ void wtilde_kernel(const uint64_t* rb, const int32_t* rsize, int64_t n, int64_t W, T* wt) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n * n) return;
+  const int64_t i = t / n, j = t - i * n;
+  const uint64_t* ri = rb + i * W;
+  wt[t] = test_bit(ri, j) ? static_cast<T>(intersection_count(ri, rb + j * W, W)) * (T(1) / static_cast<T>(rsize[i]))
+                          : T(0);
+}
+
+template <typename T>
+__global__ void combine_kernel(const T* d2, const T* wt, const T* what, const int64_t* nn, int64_t n, int64_t k,
+                               int64_t m, T neg_inv_sigma, float* w, float* w_p, float* w_c) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= n * n) return;
+  const int64_t i = t / n, j = t - i * n;
+  T a = 0, b = 0;
+  if (what != nullptr) {
+    a = what[i * n + j];
+    b = what[j * n + i];
+  } else {
+    for (int64_t r = 0; r < m; ++r) {
+      a += wt[nn[i * k + r] * n + j];
+      b += wt[nn[j * k + r] * n + i];
+    }
+  }
+  const T inv_m = T(1) / static_cast<T>(m);
+  const T c = (a * inv_m + b * inv_m) / T(2);
+  const T p = exp(d2[t] * neg_inv_sigma);  // the CPU kernel's at::exp(d2 * (-1 / sigma))
+  w_c[t] = static_cast<float>(c);
+  w_p[t] = static_cast<float>(p);
+  w[t] = static_cast<float>((p + c) / T(2));
+}
+
+}  // namespace
+
+template <typename T>
+void contextual_sqdist(const T* gram, T* inv, T* s, const int64_t* rep, int64_t n, double eps, T* d2,
+                       cudaStream_t stream) {
+  row_norms_kernel<T><<<blocks_for(n), kThreads, 0, stream>>>(gram, inv, s, n, static_cast<T>(eps));
+  sqdist_kernel<T><<<blocks_for(n * n), kThreads, 0, stream>>>(gram, inv, s, rep, n, d2);
+}
+
+template <typename T>
+void contextual_rank(const T* d2, const int64_t* ids, int64_t n, int64_t k, int64_t* nn, uint8_t* in_knn,
+                     cudaStream_t stream) {
+  const dim3 grid(blocks_for(n), static_cast<unsigned>(n));
+  rank_kernel<T><<<grid, kThreads, 0, stream>>>(d2, ids, n, k, nn, in_knn);
+}
+
+void contextual_mutual(const uint8_t* in_knn, int64_t n, uint64_t* rb, int32_t* rsize, cudaStream_t stream) {
+  const int64_t W = (n + 63) / 64;
+  mutual_kernel<<<blocks_for(n * W), kThreads, 0, stream>>>(in_knn, n, W, rb, rsize);
+}
+
+template <typename T>
+void contextual_wtilde(const uint64_t* rb, const int32_t* rsize, int64_t n, T* wt, cudaStream_t stream) {
+  const int64_t W = (n + 63) / 64;
+  wtilde_kernel<T><<<blocks_for(n * n), kThreads, 0, stream>>>(rb, rsize, n, W, wt);
+}
+
+template <typename T>
+void contextual_combine(const T* d2, const T* wt, const T* what, const int64_t* nn, int64_t n, int64_t k,
+                        int64_t m, double sigma, float* w, float* w_p, float* w_c, cudaStream_t stream) {
+  combine_kernel<T><<<blocks_for(n * n), kThreads, 0, stream>>>(d2, wt, what, nn, n, k, m,
+                                                                static_cast<T>(-1.0 / sigma), w, w_p, w_c);
+}
+
+#define SSML_INSTANTIATE(T)                                                                                  \
+  template void contextual_sqdist<T>(const T*, T*, T*, const int64_t*, int64_t, double, T*, cudaStream_t);   \
+  template void contextual_rank<T>(const T*, const int64_t*, int64_t, int64_t, int64_t*, uint8_t*,            \
+                                   cudaStream_t);                                                            \
+  template void contextual_wtilde<T>(const uint64_t*, const int32_t*, int64_t, T*, cudaStream_t);             \
+  template void contextual_combine<T>(const T*, const T*, const T*, const int64_t*, int64_t, int64_t, int64_t, \
+                                      double, float*, float*, float*, cudaStream_t);
+SSML_INSTANTIATE(float)
+SSML_INSTANTIATE(double)
+#undef SSML_INSTANTIATE
+
+}  // namespace ssml_fast::cuda
