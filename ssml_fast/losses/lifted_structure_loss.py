@@ -48,12 +48,42 @@ class LiftedStructureLoss(MetricLoss):
             pos = _pairs.masked_logsumexp(d - self.pos_margin, pos_w, dim=1, empty=0.0)
             neg = _pairs.masked_logsumexp(self.neg_margin - d, neg_w, dim=1, empty=0.0)
             return torch.relu(pos + neg).mean()
-        neg_lse = _pairs.masked_logsumexp(self.neg_margin - d, neg_w, dim=1)  # (B,), -inf if none
-        has = torch.isfinite(neg_lse)
-        lse = torch.where(has, neg_lse, torch.zeros_like(neg_lse))  # finite, so no NaN in backward
+        return _LiftedPairs.apply(d, pos_w, neg_w, self.neg_margin, self.pos_margin)
+
+
+class _LiftedPairs(torch.autograd.Function):
+    """Song et al.'s per-pair lifted loss from the (B, B) distance matrix with an analytic backward.
+
+    L_i = log sum_n w_in e^{m - d_in} (row log-sum-exp over the negatives), L_ij = log(e^L_i + e^L_j)
+    (whichever rows have negatives; 0 if neither), u_ij = relu(L_ij + d_ij - pos_margin), loss = sum over
+    positive pairs of u^2 / 2, divided by their number P. With Q = pos_w * u / P:
+        dloss/dd_ij = Q_ij - p_ij r_i,   p_i. = softmax of row i over its negatives,
+        r_i = sum_j Q_ij e^{L_i - L_ij} + sum_k Q_ki e^{L_i - L_ki}   (the pairs that row i's negatives feed).
+    Every factor e^{L_i - L_ij} and p is <= 1, so nothing overflows."""
+
+    @staticmethod
+    def forward(ctx, d, pos_w, neg_w, neg_margin, pos_margin):
+        keep = neg_w > 0
+        z = torch.where(keep, (neg_margin - d) + torch.log(torch.where(keep, neg_w, 1.0)), -torch.inf)
+        has = keep.any(dim=1)
+        m = torch.where(has, z.amax(dim=1), 0.0)
+        e = z.sub_(m[:, None]).exp_()
+        ssum = e.sum(dim=1)
+        lse = torch.where(has, ssum.log() + m, 0.0)
         a, b, ha, hb = lse[:, None], lse[None, :], has[:, None], has[None, :]
-        both = torch.where(ha & hb, torch.logaddexp(a, b), torch.where(ha, a, torch.where(hb, b, 0 * a)))
-        per_pair = torch.relu(both + d - self.pos_margin).square() / 2
+        lij = torch.where(ha & hb, torch.logaddexp(a, b), torch.where(ha, a, torch.where(hb, b, 0.0)))
+        u = (lij + d).sub_(pos_margin).clamp_min_(0)
         n_pos = pos_w.sum()
-        total = (per_pair * pos_w).sum()
-        return torch.where(n_pos > 0, total / n_pos.clamp_min(1), total * 0)
+        scale = torch.where(n_pos > 0, 1.0 / n_pos.clamp_min(1), 0.0)
+        loss = (u * u).mul_(pos_w).sum() * 0.5 * scale
+        q = u.mul_(pos_w)
+        r = (q * torch.where(ha, (a - lij).exp_(), 0.0)).sum(dim=1) + \
+            (q * torch.where(hb, (b - lij).exp_(), 0.0)).sum(dim=0)
+        p = e.div_(torch.where(has, ssum, 1.0)[:, None])
+        ctx.save_for_backward(q, p, r, scale)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        q, p, r, scale = ctx.saved_tensors
+        return (q - p * r[:, None]).mul_(g * scale), None, None, None, None
