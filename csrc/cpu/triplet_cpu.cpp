@@ -10,7 +10,7 @@
 #include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
-#include "common/options.h"
+#include "common/triplet_inputs.h"
 #include "common/triplet_math.h"
 #include "common/triplet_reduce.h"
 
@@ -186,14 +186,8 @@ RowOut semihard_row(const T* d, const int64_t* ref_labels, int64_t R, int64_t li
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_from_dist_cpu(
     const at::Tensor& dist_in, const at::Tensor& labels_in, const at::Tensor& ref_labels_in, bool exclude_diagonal,
     double margin, c10::string_view mining_s, c10::string_view reduction_s, bool soft) {
-  const Mining mining = parse_mining(mining_s);
-  const Reduction reduction = parse_reduction(reduction_s);
-  TORCH_CHECK(dist_in.dim() == 2, "dist must be 2-D");
-  const at::Tensor dist = dist_in.contiguous();
-  const at::Tensor labels = labels_in.to(at::kLong).contiguous();
-  const at::Tensor ref_labels = ref_labels_in.to(at::kLong).contiguous();
-  const int64_t B = dist.size(0), R = dist.size(1);
-  TORCH_CHECK(labels.numel() == B && ref_labels.numel() == R, "labels must match dist's shape");
+  const auto [dist, labels, ref_labels, B, R, mining, reduction] =
+      prepare_triplet_inputs(dist_in, labels_in, ref_labels_in, mining_s, reduction_s);
 
   at::Tensor grad = at::zeros_like(dist);
   std::vector<RowOut> rows(B);
