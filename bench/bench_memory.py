@@ -3,8 +3,8 @@
 sequence, and PML 2.9's CrossBatchMemory.add_to_memory (the peer for the queue; it stores embeddings and
 labels, ours embeddings, labels and sample ids).
 
-Run: .venv/bin/python -m pytest bench/bench_memory.py --benchmark-enable --benchmark-group-by=param:op
-or:  .venv/bin/python bench/bench_memory.py   (one process, prints medians and ratios)
+Run: .venv/bin/python -m pytest bench/bench_memory.py --benchmark-enable --benchmark-group-by=func
+or:  .venv/bin/python bench/bench_memory.py   (one process, 1 thread and all threads, prints medians and ratios)
 Every implementation runs in the same process on the same (shared, busy) machine: quote ratios, not times.
 """
 from __future__ import annotations
@@ -116,7 +116,14 @@ def _median_us(run, reps=300) -> float:
 
 
 def main():
-    print(f"threads={torch.get_num_threads()}  torch {torch.__version__}")
+    print(f"torch {torch.__version__}")
+    for threads in sorted({1, torch.get_num_threads()}):
+        torch.set_num_threads(threads)
+        print(f"\n=== threads={threads}")
+        report()
+
+
+def report():
     for name, impls, make, base in [
         (f"MemoryBank.update {B} x {D} into {BANK_SLOTS:,} slots", BANK_IMPLS, make_bank_workload, "index_copy_floor"),
         (f"FeatureQueue.enqueue {B} x {D} into {QUEUE_SLOTS:,} slots", QUEUE_IMPLS, make_queue_workload,

@@ -23,11 +23,19 @@ SSML_HD A inv_norm(A sum_sq) {
   return A(1) / (norm > A(kNormEps) ? norm : A(kNormEps));
 }
 
-// One coordinate of the momentum update before normalisation: m * old + (1 - m) * f, where f is the
-// mean of the `count` feature rows that share the slot's id (`feat_sum` their sum in ascending row order).
+// Weight of the feature sum in momentum_mix: (1 - m) * mean = ((1 - m) / count) * sum, so the
+// per-coordinate work is two multiply-adds and no division.
 template <typename A>
-SSML_HD A momentum_mix(A m, A old, A feat_sum, int64_t count) {
-  return m * old + (A(1) - m) * (feat_sum / static_cast<A>(count));
+SSML_HD A feat_weight(A m, int64_t count) {
+  return (A(1) - m) / static_cast<A>(count);
+}
+
+// One coordinate of the momentum update before normalisation: m * old + (1 - m) * f, where f is the
+// mean of the feature rows sharing the slot's id (`feat_sum` their sum in ascending row order) and
+// w = feat_weight(m, count).
+template <typename A>
+SSML_HD A momentum_mix(A m, A old, A feat_sum, A w) {
+  return m * old + w * feat_sum;
 }
 
 }  // namespace ssml_fast

@@ -19,6 +19,7 @@ namespace {
 
 // Large copies are split so both cores share the memory bandwidth; small ones stay on one thread.
 constexpr int64_t kCopyGrain = int64_t{1} << 16;
+constexpr int64_t kPrefetchAhead = 4;
 
 void parallel_copy(char* dst, const char* src, int64_t bytes) {
   at::parallel_for(0, bytes, kCopyGrain, [&](int64_t begin, int64_t end) {
@@ -50,6 +51,29 @@ void queue_enqueue_cpu(const at::Tensor& buffer, const at::Tensor& rows, int64_t
 void queue_enqueue_many_cpu(at::TensorList buffers, at::TensorList rows, int64_t ptr) {
   check_enqueue_many_args(buffers, rows, ptr);
   for (size_t i = 0; i < buffers.size(); ++i) enqueue_one(buffers[i], rows[i], ptr);
+}
+
+// mixed[d] <- momentum_mix(m, slot[d], mixed[d], w); returns the squared norm of the result. The norm is
+// accumulated in kLanes interleaved partial sums (lane = d % kLanes), a fixed order that lets the
+// compiler vectorise instead of waiting on one serial chain of additions.
+template <typename scalar_t, typename acc_t>
+acc_t mix_row(const scalar_t* __restrict__ slot, acc_t* __restrict__ mixed, acc_t m, acc_t w, int64_t D) {
+  constexpr int kLanes = 8;
+  acc_t part[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const acc_t v = momentum_mix<acc_t>(m, static_cast<acc_t>(slot[d + l]), mixed[d + l], w);
+      mixed[d + l] = v;
+      part[l] += v * v;
+    }
+  }
+  for (int l = 0; d < D; ++d, ++l) {
+    const acc_t v = momentum_mix<acc_t>(m, static_cast<acc_t>(slot[d]), mixed[d], w);
+    mixed[d] = v;
+    part[l] += v * v;
+  }
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
 // Rows grouped by id in O(B) with a small open-addressing table (no sort): groups in order of first
@@ -111,21 +135,24 @@ void bank_momentum_update_cpu(const at::Tensor& bank, const at::Tensor& ids_in, 
     scalar_t* bk = bank.data_ptr<scalar_t>();
     const scalar_t* f = feats.const_data_ptr<scalar_t>();
     const acc_t m = static_cast<acc_t>(momentum);
+    const int64_t row_bytes = D * static_cast<int64_t>(sizeof(scalar_t));
     at::parallel_for(0, G, grain, [&](int64_t g_begin, int64_t g_end) {
-      std::vector<acc_t> mixed(D);
+      std::vector<acc_t> buf(D);
+      acc_t* mixed = buf.data();
       for (int64_t g = g_begin; g < g_end; ++g) {
+        // The bank rows are random accesses into a large table: fetch a few groups ahead so the
+        // cache misses overlap instead of stalling one row at a time.
+        if (g + kPrefetchAhead < g_end) {
+          const char* ahead = reinterpret_cast<const char*>(bk + id[groups.head[g + kPrefetchAhead]] * D);
+          for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(ahead + b, 1);
+        }
         int64_t r = groups.head[g];
         scalar_t* slot = bk + id[r] * D;
         // Sum of the group's rows, in ascending row order (the CUDA kernel sums in the same order).
         for (int64_t d = 0; d < D; ++d) mixed[d] = static_cast<acc_t>(f[r * D + d]);
         for (r = groups.next[r]; r >= 0; r = groups.next[r])
           for (int64_t d = 0; d < D; ++d) mixed[d] += static_cast<acc_t>(f[r * D + d]);
-        acc_t sum_sq = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          mixed[d] = momentum_mix<acc_t>(m, static_cast<acc_t>(slot[d]), mixed[d], groups.count[g]);
-          sum_sq += mixed[d] * mixed[d];
-        }
-        const acc_t scale = inv_norm<acc_t>(sum_sq);
+        const acc_t scale = inv_norm<acc_t>(mix_row(slot, mixed, m, feat_weight<acc_t>(m, groups.count[g]), D));
         for (int64_t d = 0; d < D; ++d) slot[d] = static_cast<scalar_t>(mixed[d] * scale);
       }
     });

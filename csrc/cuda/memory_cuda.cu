@@ -75,6 +75,7 @@ __global__ void bank_update_kernel(T* bank, int64_t n_slots, int64_t d, const in
   while (k1 < b && sorted_ids[k1] == id) ++k1;
   T* slot = bank + id * d;
   const A m = static_cast<A>(momentum);
+  const A w = feat_weight<A>(m, k1 - k0);
 
   // Pass 1: squared norm of the mixed row; pass 2 recomputes the (cheap) mix and writes it scaled, so
   // nothing of size d is staged.
@@ -82,7 +83,7 @@ __global__ void bank_update_kernel(T* bank, int64_t n_slots, int64_t d, const in
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     A s = 0;
     for (int64_t k = k0; k < k1; ++k) s += to_acc(feats[perm[k] * d + j]);
-    const A v = momentum_mix<A>(m, to_acc(slot[j]), s, k1 - k0);
+    const A v = momentum_mix<A>(m, to_acc(slot[j]), s, w);
     local += v * v;
   }
   partial[threadIdx.x] = local;
@@ -95,7 +96,7 @@ __global__ void bank_update_kernel(T* bank, int64_t n_slots, int64_t d, const in
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     A s = 0;
     for (int64_t k = k0; k < k1; ++k) s += to_acc(feats[perm[k] * d + j]);
-    const A v = momentum_mix<A>(m, to_acc(slot[j]), s, k1 - k0);
+    const A v = momentum_mix<A>(m, to_acc(slot[j]), s, w);
     slot[j] = from_acc<T, A>(v * scale);
   }
 }
