@@ -291,8 +291,8 @@ def _free_port():
 
 
 def _rank_batch(rank, step):
-    # Different batch sizes per rank and step, one of them empty, one larger than the queue.
-    n = [[3, 5], [0, 4], [12, 2], [6, 6]][step][rank]
+    # Different batch sizes per rank and step, empty on one rank and on all, one larger than the queue.
+    n = [[3, 5], [0, 4], [0, 0], [12, 2], [6, 6]][step][rank]
     emb = torch.full((n, 2), float(rank)) + torch.arange(n, dtype=torch.float32)[:, None] * 0.01 + step
     return emb, torch.full((n,), rank), torch.arange(n) + 1000 * rank + 100 * step
 
@@ -303,7 +303,7 @@ def _worker(rank, world, port, out_dir):
     try:
         torch.set_num_threads(1)
         q = FeatureQueue(10, 2)
-        for step in range(4):
+        for step in range(5):
             q.enqueue(*_rank_batch(rank, step))
         torch.save(q.get(), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -318,7 +318,7 @@ def test_distributed_ranks_hold_identical_queue(tmp_path):
         assert torch.equal(x, y)
     # Reference: each step's rows of rank 0, then of rank 1, pushed through a plain FIFO.
     rows = []
-    for step in range(4):
+    for step in range(5):
         for r in range(world):
             emb, labels, ids = _rank_batch(r, step)
             rows += [(e, l, i) for e, l, i in zip(emb, labels, ids)]

@@ -64,8 +64,8 @@ class CrossBatchMemory(nn.Module):
     """Wraps `loss` so each batch is compared against batch + the last `size` embeddings of past batches.
 
     `xbm(embeddings, labels, ids=None)` -> the loss. embeddings (B, D) float, labels (B,) int, ids (B,) int
-    sample ids (optional: without them memory copies of a repeated sample are not recognised and stay in
-    the reference as ordinary entries). The memory is a FeatureQueue (all-gathered across ranks under
+    sample ids >= 0 (-1 marks "no id" in the memory; optional: without them memory copies of a repeated
+    sample are not recognised and stay in the reference as ordinary entries). The memory is a FeatureQueue (all-gathered across ranks under
     torch.distributed), allocated once at the first call, or at construction when `dim` is given; it
     stores `dtype` (default: the first batch's dtype, float32 when allocated at construction).
     miner: optional callable `miner(embeddings, labels, ref_emb, ref_labels)` returning PML-style indices.

@@ -34,6 +34,8 @@ def all_gather_rows(rows: torch.Tensor, group=None) -> torch.Tensor:
     dist.all_gather(sizes, n, group=group)
     sizes = [int(s) for s in sizes]
     longest = max(sizes)
+    if longest == 0:  # every rank agrees (same sizes), so all skip the second collective together
+        return rows
     padded = rows.new_zeros((longest, *rows.shape[1:]))
     padded[: rows.shape[0]] = rows
     parts = [torch.empty_like(padded) for _ in range(world)]
