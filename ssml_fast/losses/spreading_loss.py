@@ -39,18 +39,40 @@ class SpreadingLoss(nn.Module):
         if B == 0:
             return _pairs.zero_loss(embeddings, augmented)
         y = F.normalize(torch.cat([embeddings, augmented]).to(dtype), dim=1)
-        logits = (y @ y.detach().T) / self.temperature  # (2B, 2B)
-        n = 2 * B
-        eye = torch.eye(n, dtype=torch.bool, device=y.device)
-        logits = logits.masked_fill(eye, -torch.inf)
-        log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-        idx = torch.arange(n, device=y.device)
+        logits = (y @ y.detach().T) / self.temperature  # (2B, 2B); the detached side: anchor rows only
+        return _SpreadingFromLogits.apply(logits, B)
+
+
+class _SpreadingFromLogits(torch.autograd.Function):
+    """J = -1/n sum_i [log P_i,pos(i) + sum_{j in neg(i)} log(1 - P_ij)], P = row softmax over k != i,
+    with the analytic gradient w.r.t. the logits l (computed in the forward pass, one (n, n) matrix kept):
+        dJ/dl_ik = 1/n [ P_ik (1 - A_i) + [k in neg(i)] P_ik / (1 - P_ik) - [k = pos(i)] ],
+        A_i = sum_{j in neg(i)} P_ij / (1 - P_ij)."""
+
+    @staticmethod
+    def forward(ctx, logits, B):
+        n = logits.shape[0]
+        idx = torch.arange(n, device=logits.device)
         pos_col = (idx + B) % n
-        log_pos = log_p[idx, pos_col]
+        eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+        z = logits.masked_fill(eye, -torch.inf)
+        log_p = z - torch.logsumexp(z, dim=1, keepdim=True)
         neg = ~eye
         neg[idx, pos_col] = False
-        log_not = _log1mexp(torch.where(neg, log_p, torch.full_like(log_p, -1.0)))
-        return -(log_pos.sum() + (log_not * neg).sum()) / n
+        log_not = _log1mexp(torch.where(neg, log_p, -1.0))  # log(1 - P), finite on the negatives
+        value = -(log_p[idx, pos_col].sum() + torch.where(neg, log_not, 0.0).sum()) / n
+        p = log_p.exp()
+        ratio = torch.where(neg, (log_p - log_not).exp_(), 0.0)  # P / (1 - P)
+        grad = p * (1 - ratio.sum(dim=1, keepdim=True))
+        grad.add_(ratio)
+        grad[idx, pos_col] -= 1
+        ctx.save_for_backward(grad.div_(n))
+        return value
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return grad * g, None
 
 
 def _log1mexp(x):
