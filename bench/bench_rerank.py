@@ -27,17 +27,26 @@ SIZES = [2_000, 10_000] + ([20_000, 100_000] if LARGE else [])
 IMPLS = ["ssml", "ssml_topk", "numpy"]
 
 _CHILD = r"""
-import json, resource, sys
+import json, sys, time
 sys.path.insert(0, {bench_dir!r})
 import rerank_workloads as w
+
+
+def status_mb(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key + ':'):
+            return int(line.split()[1]) / 1024
+
+
 w.make_workload({impl!r}, 300)()  # warm-up: thread pools, BLAS buffers
 fn = w.make_workload({impl!r}, {n})
-before = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20
-t = __import__('time').perf_counter()
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # resets the peak RSS mark (VmHWM); ru_maxrss would carry the parent's peak
+before = status_mb('VmRSS')
+t = time.perf_counter()
 fn()
-seconds = __import__('time').perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps([max(0.0, peak - before), seconds]))
+seconds = time.perf_counter() - t
+print(json.dumps([max(0.0, status_mb('VmHWM') - before), seconds]))
 """
 
 

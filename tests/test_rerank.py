@@ -69,6 +69,7 @@ def run(x, q, k1, k2, lam, dtype=torch.float64, device="cpu"):
 @pytest.mark.parametrize("n,q,k1,k2,lam", [
     (50, 10, 20, 6, 0.3), (50, 25, 5, 3, 0.3), (50, 1, 20, 1, 0.3), (50, 49, 3, 2, 0.0), (51, 7, 1, 1, 1.0),
     (37, 5, 4, 4, 0.5), (31, 6, 36, 6, 0.3), (23, 4, 22, 22, 0.3), (2, 1, 1, 1, 0.3), (29, 9, 7, 5, 0.7),
+    (120, 20, 60, 6, 0.3), (60, 10, 100, 9, 0.3),  # long lists: membership by binary search
 ])
 def test_small(device, n, q, k1, k2, lam):
     x = features(n, 8, seed=n + q + k1)

@@ -54,16 +54,30 @@ struct Stamp {
   bool has(int64_t j, int64_t row) const { return owner[j] == row; }
 };
 
-bool in_prefix(const int32_t* list, int64_t len, int64_t x) {
-  for (int64_t r = 0; r < len; ++r)
-    if (list[r] == x) return true;
-  return false;
-}
+// Beyond this many neighbours a membership test uses a sorted copy of the list instead of a scan.
+constexpr int64_t kScanMax = 48;
 
 // Mutual-neighbour sets of size parameter len: out row i = {j in nn[i, :len] : i in nn[j, :len]}, in
 // nn[i]'s order. nn: (n, L) rank order with L >= len. Returns counts; members in out (n, len).
 std::vector<int32_t> reciprocal_sets(const std::vector<int32_t>& nn, int64_t n, int64_t L, int64_t len,
                                      std::vector<int32_t>& out) {
+  std::vector<int32_t> sorted;
+  if (len > kScanMax) {
+    sorted.resize(n * len);
+    at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        std::copy(&nn[i * L], &nn[i * L] + len, &sorted[i * len]);
+        std::sort(&sorted[i * len], &sorted[i * len] + len);
+      }
+    });
+  }
+  auto lists = [&](int64_t j, int64_t i) {
+    if (len > kScanMax) return std::binary_search(&sorted[j * len], &sorted[j * len] + len, static_cast<int32_t>(i));
+    const int32_t* list = &nn[j * L];
+    for (int64_t r = 0; r < len; ++r)
+      if (list[r] == i) return true;
+    return false;
+  };
   out.assign(n * len, 0);
   std::vector<int32_t> cnt(n);
   at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
@@ -71,7 +85,7 @@ std::vector<int32_t> reciprocal_sets(const std::vector<int32_t>& nn, int64_t n, 
       int32_t c = 0;
       for (int64_t r = 0; r < len; ++r) {
         const int32_t j = nn[i * L + r];
-        if (in_prefix(&nn[j * L], len, i)) out[i * len + c++] = j;
+        if (lists(j, i)) out[i * len + c++] = j;
       }
       cnt[i] = c;
     }
