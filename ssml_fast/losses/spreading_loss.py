@@ -76,5 +76,10 @@ class _SpreadingFromLogits(torch.autograd.Function):
 
 
 def _log1mexp(x):
-    """log(1 - e^x) for x < 0, accurate on both sides of -log 2 (Maechler 2012)."""
-    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    """log(1 - e^x) for x < 0, accurate on both sides of -log 2 (Maechler 2012). Most softmax entries are
+    far below 1/2, so the expm1 branch is evaluated only where it is needed."""
+    out = torch.log1p(x.exp().neg_())
+    near_one = x > -math.log(2)
+    if bool(near_one.any()):
+        out[near_one] = torch.log(torch.expm1(x[near_one]).neg_())
+    return out
