@@ -35,8 +35,9 @@ def retrieval_metrics(
         ks: the k of Recall@k; each must be <= the gallery size (N - 1 without a gallery).
         metric: "euclidean" (faiss IndexFlatL2) or "cosine" (IndexFlatIP on L2-normalised rows;
             "inner_product" ranks by the raw dot product).
-        gallery, gallery_labels: (M, D) and (M,) for a query/gallery split (In-Shop style). Without
-            them every sample queries all the others (leave-one-out; thesis 4.3).
+        gallery, gallery_labels: (M, D) and (M,) for a query/gallery split (In-Shop style), searched
+            as given (a query that is also in the gallery finds itself). Without them every sample
+            queries all the others, never itself (leave-one-out; thesis 4.3).
         nmi: compute NMI (k-means is the most expensive part at large N).
         kmeans_seed, kmeans_n_init, kmeans_niter: faiss.Kmeans(seed, nredo, niter) settings. The
             defaults are PML's (faiss defaults plus niter=20), so NMI matches AccuracyCalculator;
