@@ -53,19 +53,25 @@ def test_loss(benchmark, impl, B):
 
 
 def alternate(impls, B, budget_s=20.0, max_rounds=15, memory=False):
-    """Median seconds per implementation, running them round-robin in this process (and peak MB)."""
+    """Median seconds per implementation, running them round-robin in this process; with memory=True
+    the first timed round also records each call's peak extra RSS (MB). At least 3 rounds unless the
+    slowest implementation takes over 4 x budget_s in total (PML's O(B R^2) cases)."""
     runs = {k: make_workload(k, B) for k in impls}
     for f in runs.values():
         f()  # warm-up
-    peaks = {k: peak_extra_mb(f) for k, f in runs.items()} if memory else {}
     times = {k: [] for k in impls}
+    peaks = {}
     start = time.perf_counter()
     for r in range(max_rounds):
         for k, f in runs.items():
             t = time.perf_counter()
-            f()
+            if memory and r == 0:
+                peaks[k] = peak_extra_mb(f)
+            else:
+                f()
             times[k].append(time.perf_counter() - t)
-        if r >= 2 and time.perf_counter() - start > budget_s:
+        elapsed = time.perf_counter() - start
+        if (r >= 2 and elapsed > budget_s) or elapsed > 4 * budget_s:
             break
     med = {k: statistics.median(v) for k, v in times.items()}
     return (med, peaks) if memory else med
