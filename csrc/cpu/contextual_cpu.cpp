@@ -2,8 +2,8 @@
 // selection of N_k(i), bit sets for the k-NN and mutual (R) sets, intersections by popcount, and the
 // query expansion as sparse row sums. No Python loop, nothing larger than n x n.
 #include <algorithm>
+#include <bit>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -32,17 +32,23 @@ constexpr int64_t kInsertionMax = 32;
 // repeats. Found by a hash of each row, checked element-wise.
 template <typename T>
 bool duplicate_representatives(const T* x, int64_t n, int64_t d, std::vector<int64_t>& rep) {
-  std::vector<uint64_t> h(n);
+  // 32-bit lanes so the loop vectorises (a 64-bit multiply does not on AVX2); collisions only cost a compare.
+  std::vector<uint32_t> h(n);
   at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      uint64_t acc = 0;
+      uint32_t acc = 0;
       for (int64_t t = 0; t < d; ++t) {
         const T v = x[i * d + t] + T(0);  // -0 -> +0
-        uint64_t bits = 0;
-        std::memcpy(&bits, &v, sizeof(T));
-        acc += (bits + static_cast<uint64_t>(t)) * 0x9E3779B97F4A7C15ULL;
+        uint32_t word;
+        if constexpr (sizeof(T) == 4) {
+          word = std::bit_cast<uint32_t>(v);
+        } else {
+          const uint64_t u = std::bit_cast<uint64_t>(v);
+          word = static_cast<uint32_t>(u) ^ static_cast<uint32_t>(u >> 32);
+        }
+        acc += (word ^ static_cast<uint32_t>(t)) * 0x9E3779B1u;
       }
-      h[i] = acc ^ (acc >> 29);
+      h[i] = acc;
     }
   });
   std::vector<int64_t> order(n);

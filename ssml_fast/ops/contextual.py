@@ -38,14 +38,18 @@ def contextual_similarity(
     With t the normalised rows:
       w^P_ij = exp(-||t_i - t_j||^2 / sigma)                                   (3.15)
       N_k(i) = the first k of row i's order: i, rows sharing ids[i], then the rest by ascending distance;
-               equal distances go to the lower index (the same rule on CPU and CUDA)
+               equal distances go to the lower index (the same rule on CPU and CUDA). Distances come from
+               one GEMM; exact copies of a row get bit-identical distances, so they always tie
       R(i)   = {j in N_k(i) : i in N_k(j)}                                      (3.16)
       w~_ij  = |R(i) ∩ R(j)| / |R(i)| if j in R(i) else 0                       (3.17)
       w^_i   = mean of w~_h over the first round(k/2) entries h of N_k(i)       (3.18)
                (half to even like numpy: k=5 -> 2; k=1 -> 0 is taken as 1, i.e. i itself)
       w^C    = (w^ + w^^T) / 2                                                  (3.19)
       w      = (w^P + w^C) / 2                                                  (3.20)
-    Computed in float32 (float64 for float64 input) without autograd: it is a training target.
+    Computed in float32 (float64 for float64 input) without autograd: it is a training target. Cost: the
+    n x n x d GEMM plus about n^2 + n k^2 / 2 steps (a GEMM takes over the expansion when k is a large share
+    of n).
+    Rows with NaN or infinite values raise ValueError.
     Returns w (n, n) float32 on teacher_emb's device, or ContextualSimilarity(w, w_p, w_c) with
     return_parts=True. w, w_p and w_c are exactly symmetric.
     """
