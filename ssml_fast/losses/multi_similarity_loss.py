@@ -29,15 +29,42 @@ class MultiSimilarityLoss(MetricLoss):
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         B = embeddings.shape[0]
         R = B if ref_emb is None else ref_emb.shape[0]
-        s = _pairs.similarity(embeddings, ref_emb, self.similarity)
-        pos_w, neg_w = _pairs.pair_weights(labels, ref_labels, indices_tuple, B, R, ref_emb is None,
-                                           s.dtype, s.device)
-        pos_w, neg_w = (pos_w > 0).to(s.dtype), (neg_w > 0).to(s.dtype)
-        pos = _log1p_sum_exp(-self.alpha * (s - self.base), pos_w) / self.alpha
-        neg = _log1p_sum_exp(self.beta * (s - self.base), neg_w) / self.beta
-        return (pos + neg).mean()
+        if self.similarity == "cosine":
+            x, offset, sign = _pairs.distance(embeddings, ref_emb, "cosine"), 1.0, -1.0  # s = 1 - d
+        else:
+            x, offset, sign = _pairs.similarity(embeddings, ref_emb, "dot"), 0.0, 1.0
+        if indices_tuple is None:
+            pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
+        else:
+            pos_w, neg_w = _pairs.pair_weights(None, None, indices_tuple, B, R, ref_emb is None, x.dtype, x.device)
+            pos, neg = pos_w > 0, neg_w > 0
+        return _MultiSimilarity.apply(x, pos, neg, offset - self.base, sign, self.alpha, self.beta)
 
 
-def _log1p_sum_exp(x, w):
-    """log(1 + sum_j w_j e^{x_j}) per row, stable: softplus of the masked log-sum-exp."""
-    return torch.nn.functional.softplus(_pairs.masked_logsumexp(x, w, dim=1))
+class _MultiSimilarity(torch.autograd.Function):
+    """mean_i 1/alpha log(1 + sum_P e^{-alpha (s - base)}) + 1/beta log(1 + sum_N e^{beta (s - base)}) with
+    s - base = shift + sign * x, and the analytic gradient (the MS pair weights of Wang et al.):
+        dL/ds_ik = (-e^{z+_ik} / (1 + sum_P e^{z+}) [k in P_i] + e^{z-_ik} / (1 + sum_N e^{z-}) [k in N_i]) / B,
+    evaluated with the row maximum (and 0, for the "1 +") factored out, so it never overflows."""
+
+    @staticmethod
+    def forward(ctx, x, pos, neg, shift, sign, alpha, beta):
+        t = x * sign + shift  # s - base
+        loss = 0
+        grad = None
+        for mask, scale in ((pos, -alpha), (neg, beta)):
+            z = torch.where(mask, t * scale, -torch.inf)
+            m = z.amax(dim=1, keepdim=True).clamp_min_(0)  # >= 0 also covers the "1 +" term
+            e = z.sub_(m).exp_()
+            den = e.sum(dim=1, keepdim=True).add_(torch.exp(-m))
+            loss = loss + (den.log() + m).sum() / abs(scale)
+            term = e.div_(den).mul_(-1.0 if scale < 0 else 1.0)
+            grad = term if grad is None else grad.add_(term)
+        B = x.shape[0]
+        ctx.save_for_backward(grad.mul_(sign / max(B, 1)))
+        return loss / max(B, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return grad * g, None, None, None, None, None, None
