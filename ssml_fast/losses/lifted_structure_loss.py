@@ -44,10 +44,7 @@ class LiftedStructureLoss(MetricLoss):
         pos_w, neg_w = _pairs.pair_weights(labels, ref_labels, indices_tuple, B, R, ref_emb is None,
                                            d.dtype, d.device)
         if self.generalized:
-            pos_w, neg_w = (pos_w > 0).to(d.dtype), (neg_w > 0).to(d.dtype)
-            pos = _pairs.masked_logsumexp(d - self.pos_margin, pos_w, dim=1, empty=0.0)
-            neg = _pairs.masked_logsumexp(self.neg_margin - d, neg_w, dim=1, empty=0.0)
-            return torch.relu(pos + neg).mean()
+            return _GeneralizedLifted.apply(d, pos_w > 0, neg_w > 0, self.neg_margin, self.pos_margin)
         return _LiftedPairs.apply(d, pos_w, neg_w, self.neg_margin, self.pos_margin)
 
 
@@ -87,3 +84,29 @@ class _LiftedPairs(torch.autograd.Function):
     def backward(ctx, g):
         q, p, r, scale = ctx.saved_tensors
         return (q - p * r[:, None]).mul_(g * scale), None, None, None, None
+
+
+class _GeneralizedLifted(torch.autograd.Function):
+    """mean_i relu( LSE_{k in P_i}(d_ik - pos_margin) + LSE_{k in N_i}(neg_margin - d_ik) ), an empty set
+    contributing 0, with the analytic gradient [loss_i > 0] (softmax_P_i(k) - softmax_N_i(k)) / B."""
+
+    @staticmethod
+    def forward(ctx, d, pos, neg, neg_margin, pos_margin):
+        total, probs = 0, []
+        for mask, z in ((pos, d - pos_margin), (neg, neg_margin - d)):
+            z = torch.where(mask, z, -torch.inf)
+            has = mask.any(dim=1, keepdim=True)
+            m = torch.where(has, z.amax(dim=1, keepdim=True), 0.0)
+            e = z.sub_(m).exp_()
+            ssum = e.sum(dim=1, keepdim=True)
+            total = total + torch.where(has, ssum.log() + m, 0.0)
+            probs.append(e.div_(torch.where(has, ssum, 1.0)))
+        active = (total > 0).to(d.dtype)
+        B = d.shape[0]
+        ctx.save_for_backward(probs[0].sub_(probs[1]).mul_(active / max(B, 1)))
+        return total.clamp_min(0).sum() / max(B, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return grad * g, None, None, None, None
