@@ -163,6 +163,7 @@ def test_smooth_ap_matches_pml_with_include_query():
                 lambda e: pml_losses.SmoothAPLoss(temperature=0.05)(e, y), x)
 
 
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # inside PML's HistogramLoss
 @pytest.mark.parametrize("n_bins", [10, 100])
 def test_histogram_matches_pml(n_bins):
     x, y = batch(40, 5)
