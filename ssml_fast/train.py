@@ -37,12 +37,14 @@ def train_epochs(
     epochs: int,
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     checkpoint_path: Optional[Path] = None,
+    checkpoint_extra: Optional[dict] = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Trains for `epochs`; returns per-epoch {epoch, loss, active, seconds}.
 
     `batch_sampler` yields lists of indices (e.g. MPerClassSampler) and may have `set_epoch`.
-    After each epoch the model and optimizer are checkpointed atomically to `checkpoint_path`.
+    After each epoch the model and optimizer are checkpointed atomically to `checkpoint_path`, with
+    `checkpoint_extra` (e.g. the model's constructor arguments) alongside.
     """
     history = []
     for epoch in range(1, epochs + 1):
@@ -69,7 +71,7 @@ def train_epochs(
         history.append(row)
         log(f"epoch {epoch:3d}  loss {row['loss']:.4f}  active triplets {active:7d}  {row['seconds']:.1f}s")
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {"epoch": epoch, "model": model.state_dict(),
+            save_checkpoint(checkpoint_path, {**(checkpoint_extra or {}), "epoch": epoch, "model": model.state_dict(),
                                               "optimizer": optimizer.state_dict(), "history": history})
         if math.isnan(row["loss"]):
             break

@@ -71,6 +71,19 @@ def test_cli_train_runs_and_reports_recall(tmp_path, capsys):
     assert (tmp_path / "summary.json").exists()
 
 
+def test_cli_eval_with_rerank(tmp_path, capsys):
+    assert cli.main(["train", "--epochs", "1", "--out", str(tmp_path), "--embedding-dim", "16"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(tmp_path / "checkpoint.pt"), "--rerank", "--k1", "10", "--k2", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "   cosine: recall@1" in out and " reranked: recall@1" in out
+
+
+def test_cli_eval_missing_checkpoint(tmp_path, capsys):
+    assert cli.main(["eval", str(tmp_path / "nope.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 def test_cli_info(capsys):
     assert cli.main(["info"]) == 0
     assert '"cuda"' in capsys.readouterr().out

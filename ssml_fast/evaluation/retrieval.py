@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import faiss
 import numpy as np
+import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from ._inputs import as_embeddings, as_labels, as_positive_int
@@ -26,6 +27,7 @@ def retrieval_metrics(
     kmeans_niter: int = 20,
     chunk_size: Optional[int] = None,
     use_gpu: Optional[bool] = None,
+    rerank: Union[bool, Mapping, None] = None,
 ) -> Dict[str, float]:
     """Recall@k, precision@1, R-precision, MAP@R and NMI of an embedding.
 
@@ -95,7 +97,11 @@ def retrieval_metrics(
 
     # One search deep enough for the largest k and the largest R (R <= gallery size by construction).
     search_k = int(max(max(ks), r.max(initial=0)))
-    sums = _ranking_sums(q, g, q_labels, g_labels, r, ks, search_k, metric, chunk_size, use_gpu)
+    if rerank:
+        chunks = _reranked_chunks(q, g, search_k, metric, {} if rerank is True else dict(rerank), chunk_size)
+    else:
+        chunks = iter_knn_chunks(q, search_k, g, metric, chunk_size, use_gpu)
+    sums = _ranking_sums(chunks, q_labels, g_labels, r, ks, search_k)
     out = {name: (total / n_valid if n_valid else float("nan")) for name, total in sums.items()}
     if nmi:
         out["nmi"] = _nmi(prepare(q, metric), q_labels, kmeans_seed, kmeans_n_init, kmeans_niter, use_gpu)
@@ -113,11 +119,25 @@ def _check_ks(ks, gallery_size: int):
     return ks
 
 
-def _ranking_sums(q, g, q_labels, g_labels, r, ks, search_k, metric, chunk_size, use_gpu):
+def _reranked_chunks(q, g, k, metric, params, chunk_size):
+    """Like `iter_knn_chunks`, but the k nearest by k-reciprocal re-ranked distance (ties to the lower index)."""
+    from ..ops.rerank import kreciprocal_rerank
+
+    query = torch.from_numpy(prepare(q, metric))
+    gallery = query if g is None else torch.from_numpy(prepare(g, metric))
+    dist = kreciprocal_rerank(query, gallery, **params).numpy()
+    if g is None:
+        np.fill_diagonal(dist, np.inf)
+    step = 4096 if chunk_size is None else as_positive_int("chunk_size", chunk_size)
+    for start in range(0, dist.shape[0], step):
+        yield start, None, np.argsort(dist[start:start + step], axis=1, kind="stable")[:, :k]
+
+
+def _ranking_sums(chunks, q_labels, g_labels, r, ks, search_k):
     sums = {f"recall@{k}": 0.0 for k in ks}
     sums.update(precision_at_1=0.0, r_precision=0.0, map_at_r=0.0)
     ranks = np.arange(1, search_k + 1, dtype=np.float64)
-    for start, _, idx in iter_knn_chunks(q, search_k, g, metric, chunk_size, use_gpu):
+    for start, _, idx in chunks:
         stop = start + idx.shape[0]
         rr = r[start:stop]
         keep = rr > 0
