@@ -49,4 +49,9 @@ TORCH_LIBRARY(ssml_fast, m) {
   // Pairs missing from row i's list count as at row i's largest listed distance -> (num_query, g) float32.
   m.def("kreciprocal_rerank_topk(Tensor distances, Tensor indices, int num_query, int k1, int k2, "
         "float lambda_value) -> Tensor");
+  // Same contracts; the CUDA backend's re-ranking algorithm executed on the CPU (tests only: it is how
+  // machines without a GPU run the GPU code path).
+  m.def("_kreciprocal_rerank_gpu_algorithm(Tensor query, Tensor gallery, int k1, int k2, float lambda_value) -> Tensor");
+  m.def("_kreciprocal_rerank_gpu_algorithm_topk(Tensor distances, Tensor indices, int num_query, int k1, int k2, "
+        "float lambda_value) -> Tensor");
 }

@@ -6,6 +6,9 @@
 //   - k-reciprocal sets, their expansion and the rows of V are per-row sparse (about k1..2 k1 entries);
 //   - the local query expansion merges k2 sparse rows; the Jaccard step walks an inverted index.
 // Memory: the (q, g) output + O(N k1 k2) + one GEMM tile. The top-K list entry point needs no features.
+// The per-row steps (reciprocal sets, expansion, weights, query expansion, the final combination) are the
+// bodies in common/rerank_math.h that the CUDA kernels run too; this file adds what is CPU-specific: the fused
+// selection of the distance pass, O(1) stamp membership and the inverted index of the Jaccard step.
 //
 // Conventions (the numpy code's, made deterministic):
 //   d(i, j)  squared euclidean distance, clamped at 0, exactly 0 on the diagonal;
@@ -31,19 +34,11 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
-#include "common/contextual_math.h"
+#include "common/rerank_host.h"
+#include "common/rerank_math.h"
 
 namespace ssml_fast {
 namespace {
-
-using Row = std::vector<std::pair<int32_t, float>>;  // sparse row: (column, value), columns ascending
-
-struct RerankParams {
-  int64_t n;      // joint set size
-  int64_t q;      // queries are rows [0, q), gallery rows [q, n)
-  int64_t k1, k2;
-  double lambda;
-};
 
 // Per-thread "is j marked for the current row" array without clearing between rows.
 struct Stamp {
@@ -54,15 +49,12 @@ struct Stamp {
   bool has(int64_t j, int64_t row) const { return owner[j] == row; }
 };
 
-// Beyond this many neighbours a membership test uses a sorted copy of the list instead of a scan.
-constexpr int64_t kScanMax = 48;
-
 // Mutual-neighbour sets of size parameter len: out row i = {j in nn[i, :len] : i in nn[j, :len]}, in
 // nn[i]'s order. nn: (n, L) rank order with L >= len. Returns counts; members in out (n, len).
 std::vector<int32_t> reciprocal_sets(const std::vector<int32_t>& nn, int64_t n, int64_t L, int64_t len,
                                      std::vector<int32_t>& out) {
   std::vector<int32_t> sorted;
-  if (len > kScanMax) {
+  if (len > kRerankScanMax) {
     sorted.resize(n * len);
     at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
@@ -71,27 +63,28 @@ std::vector<int32_t> reciprocal_sets(const std::vector<int32_t>& nn, int64_t n, 
       }
     });
   }
-  auto lists = [&](int64_t j, int64_t i) {
-    if (len > kScanMax) return std::binary_search(&sorted[j * len], &sorted[j * len] + len, static_cast<int32_t>(i));
-    const int32_t* list = &nn[j * L];
-    for (int64_t r = 0; r < len; ++r)
-      if (list[r] == i) return true;
-    return false;
-  };
+  const int32_t* sp = sorted.empty() ? nullptr : sorted.data();
   out.assign(n * len, 0);
   std::vector<int32_t> cnt(n);
   at::parallel_for(0, n, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      int32_t c = 0;
-      for (int64_t r = 0; r < len; ++r) {
-        const int32_t j = nn[i * L + r];
-        if (lists(j, i)) out[i * len + c++] = j;
-      }
-      cnt[i] = c;
-    }
+    for (int64_t i = b; i < e; ++i) cnt[i] = rerank_reciprocal_row(i, nn.data(), sp, L, len, &out[i * len]);
   });
   return cnt;
 }
+
+// Expansion membership through the thread's stamp arrays (O(1) per test; the GPU path scans instead).
+struct StampMarks {
+  Stamp& r;
+  Stamp& e;
+  int64_t row;
+  void add_r(int32_t j) {
+    r.mark(j, row);
+    e.mark(j, row);
+  }
+  bool in_r(int32_t j) const { return r.has(j, row); }
+  bool in_e(int32_t j, const int32_t*, int32_t) const { return e.has(j, row); }
+  void add_e(int32_t j) { e.mark(j, row); }
+};
 
 // The sparse part shared by both entry points. nn (n, L): first L = min(k1 + 1, n) neighbours of each row in
 // rank order; dist_n(i, j, stamp) -> dn(i, j) for any pair (the stamp belongs to the calling thread and may be
@@ -106,87 +99,57 @@ void rerank_sparse(const RerankParams& p, const std::vector<int32_t>& nn, int64_
   const std::vector<int32_t> rcnt = reciprocal_sets(nn, n, L, L, rset);
   const std::vector<int32_t> hcnt = reciprocal_sets(nn, n, L, len_half, hset);
 
-  // V rows: exp(-dn) over the expanded k-reciprocal set, normalised to sum 1.
-  std::vector<Row> V(n);
+  // V rows: exp(-dn) over the expanded k-reciprocal set, normalised to sum 1. Fixed-capacity rows (n, cap).
+  const int64_t cap_v = rerank_expanded_capacity(L, len_half, n);
+  std::vector<int32_t> vcols(n * cap_v), vcnt(n);
+  std::vector<float> vvals(n * cap_v);
   at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
     Stamp in_r(n), in_e(n), scratch(n);
-    std::vector<int32_t> members;
-    std::vector<double> wv;
+    std::vector<int32_t> members(cap_v);
+    std::vector<double> wv(cap_v);
     for (int64_t i = b; i < e; ++i) {
       prepare_row(i, scratch);
-      members.clear();
-      const int32_t* R = &rset[i * L];
-      for (int32_t c = 0; c < rcnt[i]; ++c) {
-        in_r.mark(R[c], i);
-        in_e.mark(R[c], i);
-        members.push_back(R[c]);
-      }
-      for (int32_t c = 0; c < rcnt[i]; ++c) {
-        const int32_t* H = &hset[R[c] * len_half];
-        const int32_t hn = hcnt[R[c]];
-        int32_t common = 0;
-        for (int32_t t = 0; t < hn; ++t) common += in_r.has(H[t], i);
-        if (static_cast<double>(common) > 2. / 3 * static_cast<double>(hn)) {
-          for (int32_t t = 0; t < hn; ++t) {
-            if (!in_e.has(H[t], i)) {
-              in_e.mark(H[t], i);
-              members.push_back(H[t]);
-            }
-          }
-        }
-      }
-      std::sort(members.begin(), members.end());
-      wv.resize(members.size());
-      double total = 0;
-      for (size_t t = 0; t < members.size(); ++t) {
-        wv[t] = std::exp(-dist_n(i, members[t], scratch));
-        total += wv[t];
-      }
-      Row& row = V[i];
-      row.resize(members.size());
-      for (size_t t = 0; t < members.size(); ++t) row[t] = {members[t], static_cast<float>(wv[t] / total)};
+      StampMarks marks{in_r, in_e, i};
+      const int32_t m = rerank_expand_row(&rset[i * L], rcnt[i], hset.data(), hcnt.data(), len_half, marks,
+                                          members.data(), cap_v);
+      std::sort(members.begin(), members.begin() + m);
+      rerank_weights_row(
+          i, members.data(), m, [&](int64_t a, int64_t j) { return dist_n(a, j, scratch); }, wv.data(),
+          &vcols[i * cap_v], &vvals[i * cap_v]);
+      vcnt[i] = m;
     }
   });
 
   // Local query expansion: V_i <- mean of V over i's first k2 neighbours (the numpy code skips it at k2 = 1).
+  int64_t cap = cap_v;
   if (p.k2 != 1) {
     const int64_t k2 = std::min<int64_t>(p.k2, L);
-    std::vector<Row> Vqe(n);
+    const int64_t cap_q = rerank_expansion_capacity(k2, cap_v, n);
+    std::vector<int32_t> qcols(n * cap_q), qcnt(n);
+    std::vector<float> qvals(n * cap_q);
     at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-      Stamp seen(n);
-      std::vector<double> acc(n, 0.0);
-      std::vector<int32_t> cols;
-      for (int64_t i = b; i < e; ++i) {
-        cols.clear();
-        for (int64_t r = 0; r < k2; ++r) {
-          for (const auto& [c, v] : V[nn[i * L + r]]) {
-            if (!seen.has(c, i)) {
-              seen.mark(c, i);
-              cols.push_back(c);
-              acc[c] = 0;
-            }
-            acc[c] += v;
-          }
-        }
-        std::sort(cols.begin(), cols.end());
-        Row& row = Vqe[i];
-        row.resize(cols.size());
-        for (size_t t = 0; t < cols.size(); ++t) row[t] = {cols[t], static_cast<float>(acc[cols[t]] / k2)};
-      }
+      std::vector<int32_t> heads(k2);
+      for (int64_t i = b; i < e; ++i)
+        qcnt[i] = rerank_query_expand_row(i, nn.data(), L, k2, vcols.data(), vvals.data(), vcnt.data(), cap_v,
+                                          heads.data(), &qcols[i * cap_q], &qvals[i * cap_q], cap_q);
     });
-    V.swap(Vqe);
+    vcols.swap(qcols);
+    vvals.swap(qvals);
+    vcnt.swap(qcnt);
+    cap = cap_q;
   }
 
   // Inverted index over the gallery rows: for each column l, the (gallery row - q, V_jl) with V_jl != 0.
   std::vector<int64_t> start(n + 1, 0);
   for (int64_t j = q; j < n; ++j)
-    for (const auto& e : V[j]) ++start[e.first + 1];
+    for (int32_t t = 0; t < vcnt[j]; ++t) ++start[vcols[j * cap + t] + 1];
   for (int64_t l = 0; l < n; ++l) start[l + 1] += start[l];
   std::vector<std::pair<int32_t, float>> inv(start[n]);
   {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t j = q; j < n; ++j)
-      for (const auto& [l, v] : V[j]) inv[fill[l]++] = {static_cast<int32_t>(j - q), v};
+      for (int32_t t = 0; t < vcnt[j]; ++t)
+        inv[fill[vcols[j * cap + t]]++] = {static_cast<int32_t>(j - q), vvals[j * cap + t]};
   }
 
   // Jaccard distance of each query row to every gallery row, added to out.
@@ -194,11 +157,14 @@ void rerank_sparse(const RerankParams& p, const std::vector<int32_t>& nn, int64_
   at::parallel_for(0, q, 16, [&](int64_t b, int64_t e) {
     std::vector<float> acc(g, 0.f);
     for (int64_t i = b; i < e; ++i) {
-      for (const auto& [l, v] : V[i])
+      for (int32_t c = 0; c < vcnt[i]; ++c) {
+        const int32_t l = vcols[i * cap + c];
+        const float v = vvals[i * cap + c];
         for (int64_t t = start[l]; t < start[l + 1]; ++t) acc[inv[t].first] += std::min(v, inv[t].second);
+      }
       float* o = out + i * g;
       for (int64_t j = 0; j < g; ++j) {
-        o[j] += w_jac * (1.f - acc[j] / (2.f - acc[j]));
+        o[j] = rerank_combine(o[j], acc[j], w_jac);
         acc[j] = 0.f;
       }
     }
@@ -250,20 +216,6 @@ class NearestK {
   std::vector<std::pair<T, int32_t>> buf_;
 };
 
-template <typename T>
-T dot(const T* a, const T* b, int64_t d) {
-  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  int64_t t = 0;
-  for (; t + 4 <= d; t += 4) {
-    s0 += a[t] * b[t];
-    s1 += a[t + 1] * b[t + 1];
-    s2 += a[t + 2] * b[t + 2];
-    s3 += a[t + 3] * b[t + 3];
-  }
-  for (; t < d; ++t) s0 += a[t] * b[t];
-  return (s0 + s1) + (s2 + s3);
-}
-
 // Rows of the GEMM tile per block: about 16M entries, so the tile stays near 64 MB whatever N is.
 int64_t block_rows(int64_t n) { return std::clamp<int64_t>((int64_t(1) << 24) / std::max<int64_t>(n, 1), 32, 2048); }
 
@@ -277,13 +229,8 @@ void rerank_features_impl(const at::Tensor& x, const RerankParams& p, at::Tensor
 
   std::vector<T> sq(n);
   at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) sq[i] = dot(X + i * d, X + i * d, d);
+    for (int64_t i = b; i < e; ++i) sq[i] = rerank_dot(X + i * d, X + i * d, d);
   });
-  auto sqdist = [&](int64_t i, int64_t j, T gram) -> T {
-    if (i == j) return T(0);
-    const T v = sq[i] + sq[j] - T(2) * gram;
-    return v > T(0) ? v : T(0);
-  };
 
   // Blocked pass: neighbours, row max, and lambda * dn for the query rows.
   std::vector<int32_t> nn(n * L);
@@ -299,10 +246,7 @@ void rerank_features_impl(const at::Tensor& x, const RerankParams& p, at::Tensor
         const int64_t i = b0 + r;
         T* row = G + r * n;
         const T si = sq[i];
-        for (int64_t j = 0; j < n; ++j) {  // vectorisable: no branch, no selection
-          const T v = si + sq[j] - T(2) * row[j];
-          row[j] = v > T(0) ? v : T(0);
-        }
+        for (int64_t j = 0; j < n; ++j) row[j] = rerank_sqdist(si, sq[j], row[j]);  // vectorisable
         row[i] = T(0);
         T mx = T(0);
         top.reset();
@@ -314,19 +258,15 @@ void rerank_features_impl(const at::Tensor& x, const RerankParams& p, at::Tensor
         top.sorted_into(&nn[i * L]);
         row_max[i] = mx;
         if (i < q) {
-          const T scale = mx > T(0) ? T(1) / mx : T(0);
           float* o = out + i * g;
-          for (int64_t j = 0; j < g; ++j) o[j] = lam * static_cast<float>(row[q + j] * scale);
+          for (int64_t j = 0; j < g; ++j) o[j] = rerank_scaled_dist(row[q + j], mx, lam);
         }
       }
     });
   }
 
-  auto dist_n = [&](int64_t i, int64_t j, Stamp&) -> double {
-    const T mx = row_max[i];
-    if (!(mx > T(0))) return 0.0;
-    return static_cast<double>(sqdist(i, j, dot(X + i * d, X + j * d, d)) / mx);
-  };
+  const RerankFeatureDist<T> feature_dist{X, sq.data(), row_max.data(), d};
+  auto dist_n = [&](int64_t i, int64_t j, Stamp&) -> double { return feature_dist(i, j); };
   rerank_sparse(p, nn, L, [](int64_t, Stamp&) {}, dist_n, out);
 }
 
@@ -355,17 +295,11 @@ void rerank_topk_impl(const at::Tensor& dist, const at::Tensor& idx, const Reran
   });
 
   // Row normaliser: the largest listed distance; pairs missing from the list count at that distance (dn = 1).
-  auto row_max = [&](int64_t i) { return std::max(D[i * K + K - 1], T(0)); };
   at::parallel_for(0, q, 16, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const T mx = row_max(i);
-      const T scale = mx > T(0) ? T(1) / mx : T(0);
       float* o = out + i * g;
-      std::fill(o, o + g, mx > T(0) ? lam : 0.f);
-      for (int64_t r = 0; r < K; ++r) {
-        const int64_t j = I[i * K + r];
-        if (j >= q) o[j - q] = lam * static_cast<float>(std::max(D[i * K + r], T(0)) * scale);
-      }
+      std::fill(o, o + g, rerank_topk_fill_value(D, K, i, lam));
+      for (int64_t r = 0; r < K; ++r) rerank_topk_listed_entry(D, I, K, q, g, i, r, lam, out);
     }
   });
 
@@ -373,33 +307,16 @@ void rerank_topk_impl(const at::Tensor& dist, const at::Tensor& idx, const Reran
     for (int64_t r = 0; r < K; ++r) s.mark(I[i * K + r], i, static_cast<int32_t>(r));
   };
   auto dist_n = [&](int64_t i, int64_t j, Stamp& s) -> double {
-    const T mx = row_max(i);
-    if (!(mx > T(0))) return 0.0;
-    if (!s.has(j, i)) return 1.0;
-    return static_cast<double>(std::max(D[i * K + s.pos[j]], T(0)) / mx);
+    return rerank_topk_dist(D, K, i, s.has(j, i) ? int64_t(s.pos[j]) : int64_t(-1));
   };
   rerank_sparse(p, nn, L, prepare_row, dist_n, out);
-}
-
-void check_rerank_params(int64_t k1, int64_t k2, double lambda) {
-  TORCH_CHECK_VALUE(k1 >= 1, "k1 must be >= 1, got ", k1);
-  TORCH_CHECK_VALUE(k2 >= 1 && k2 <= k1, "k2 must be in [1, k1] = [1, ", k1, "], got ", k2);
-  TORCH_CHECK_VALUE(lambda >= 0 && lambda <= 1, "lambda_value must be in [0, 1], got ", lambda);
 }
 
 at::Tensor kreciprocal_rerank_cpu(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
                                   double lambda_value) {
   check_rerank_params(k1, k2, lambda_value);
-  TORCH_CHECK_VALUE(query.dim() == 2 && gallery.dim() == 2, "query and gallery must be 2-D (n, d), got shapes ",
-                    query.sizes(), " and ", gallery.sizes());
-  TORCH_CHECK_VALUE(query.size(1) == gallery.size(1), "gallery has dimension ", gallery.size(1),
-                    " but query has ", query.size(1));
-  TORCH_CHECK_TYPE(query.scalar_type() == gallery.scalar_type() &&
-                       (query.scalar_type() == at::kFloat || query.scalar_type() == at::kDouble),
-                   "query and gallery must both be float32 or both float64, got ", query.scalar_type(), " and ",
-                   gallery.scalar_type());
+  check_rerank_features(query, gallery);
   const int64_t q = query.size(0), n = q + gallery.size(0);
-  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "too many rows for int32 neighbour indices");
   at::Tensor out = at::empty({q, n - q}, query.options().dtype(at::kFloat));
   if (q == 0 || n == q) return out;
   const at::Tensor x = at::cat({query, gallery}, 0).contiguous();
@@ -412,17 +329,8 @@ at::Tensor kreciprocal_rerank_cpu(const at::Tensor& query, const at::Tensor& gal
 at::Tensor kreciprocal_rerank_topk_cpu(const at::Tensor& distances, const at::Tensor& indices, int64_t num_query,
                                        int64_t k1, int64_t k2, double lambda_value) {
   check_rerank_params(k1, k2, lambda_value);
-  TORCH_CHECK_VALUE(distances.dim() == 2 && indices.sizes() == distances.sizes(),
-                    "distances and indices must be 2-D of one shape (N, K), got ", distances.sizes(), " and ",
-                    indices.sizes());
-  TORCH_CHECK_TYPE(distances.scalar_type() == at::kFloat || distances.scalar_type() == at::kDouble,
-                   "distances must be float32 or float64, got ", distances.scalar_type());
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ", indices.scalar_type());
-  const int64_t n = distances.size(0), K = distances.size(1);
-  TORCH_CHECK_VALUE(num_query >= 0 && num_query <= n, "num_query must be in [0, ", n, "], got ", num_query);
-  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "too many rows for int32 neighbour indices");
-  TORCH_CHECK_VALUE(K >= std::min<int64_t>(k1 + 1, n), "the lists hold ", K, " neighbours per row; k1 = ", k1,
-                    " needs at least ", std::min<int64_t>(k1 + 1, n));
+  check_rerank_topk(distances, indices, num_query, k1);
+  const int64_t n = distances.size(0);
   at::Tensor out = at::empty({num_query, n - num_query}, distances.options().dtype(at::kFloat));
   if (num_query == 0 || n == num_query) return out;
   const RerankParams p{n, num_query, k1, k2, lambda_value};

@@ -1,0 +1,213 @@
+#pragma once
+// Host side of the CUDA backend's k-reciprocal re-ranking: argument checks (shared with the CPU kernel), the
+// distance pass through ATen (GEMM tiles, stable sort for the neighbour lists, row max) and the sparse steps
+// through `Launch` (CUDA kernels, or CPU loops over the same bodies for tests; common/rerank_math.h).
+//
+// Differences from the CPU kernel, none of which changes a number: neighbours come from a stable sort of each
+// GEMM tile row (ties to the lower index, as the CPU's selection), set membership is tested by scanning the
+// bounded per-row lists instead of O(n) stamp arrays, and the Jaccard step merges each (query, gallery) pair of
+// sparse rows instead of walking an inverted index (the same terms summed in the same column order).
+// Memory: the (q, g) output, a tile of about 4M distances with its sort, and fixed-capacity sparse rows:
+// (n, capV) for V and (n, k2 * capV) for the expanded V, capV = rerank_expanded_capacity (84 at k1 = 20).
+// The only host synchronisations are the index checks of the top-K entry point.
+#include <algorithm>
+#include <limits>
+
+#include <ATen/Dispatch.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/amax.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/sort.h>
+
+#include "common/rerank_math.h"
+
+namespace ssml_fast {
+
+struct RerankParams {
+  int64_t n;      // joint set size
+  int64_t q;      // queries are rows [0, q), gallery rows [q, n)
+  int64_t k1, k2;
+  double lambda;
+};
+
+inline void check_rerank_params(int64_t k1, int64_t k2, double lambda) {
+  TORCH_CHECK_VALUE(k1 >= 1, "k1 must be >= 1, got ", k1);
+  TORCH_CHECK_VALUE(k2 >= 1 && k2 <= k1, "k2 must be in [1, k1] = [1, ", k1, "], got ", k2);
+  TORCH_CHECK_VALUE(lambda >= 0 && lambda <= 1, "lambda_value must be in [0, 1], got ", lambda);
+}
+
+inline void check_rerank_features(const at::Tensor& query, const at::Tensor& gallery) {
+  TORCH_CHECK_VALUE(query.dim() == 2 && gallery.dim() == 2, "query and gallery must be 2-D (n, d), got shapes ",
+                    query.sizes(), " and ", gallery.sizes());
+  TORCH_CHECK_VALUE(query.size(1) == gallery.size(1), "gallery has dimension ", gallery.size(1),
+                    " but query has ", query.size(1));
+  TORCH_CHECK_TYPE(query.scalar_type() == gallery.scalar_type() &&
+                       (query.scalar_type() == at::kFloat || query.scalar_type() == at::kDouble),
+                   "query and gallery must both be float32 or both float64, got ", query.scalar_type(), " and ",
+                   gallery.scalar_type());
+  TORCH_CHECK_VALUE(query.size(0) + gallery.size(0) < std::numeric_limits<int32_t>::max(),
+                    "too many rows for int32 neighbour indices");
+}
+
+inline void check_rerank_topk(const at::Tensor& distances, const at::Tensor& indices, int64_t num_query, int64_t k1) {
+  TORCH_CHECK_VALUE(distances.dim() == 2 && indices.sizes() == distances.sizes(),
+                    "distances and indices must be 2-D of one shape (N, K), got ", distances.sizes(), " and ",
+                    indices.sizes());
+  TORCH_CHECK_TYPE(distances.scalar_type() == at::kFloat || distances.scalar_type() == at::kDouble,
+                   "distances must be float32 or float64, got ", distances.scalar_type());
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "indices must be int64, got ", indices.scalar_type());
+  const int64_t n = distances.size(0), K = distances.size(1);
+  TORCH_CHECK_VALUE(num_query >= 0 && num_query <= n, "num_query must be in [0, ", n, "], got ", num_query);
+  TORCH_CHECK_VALUE(n < std::numeric_limits<int32_t>::max(), "too many rows for int32 neighbour indices");
+  TORCH_CHECK_VALUE(K >= std::min<int64_t>(k1 + 1, n), "the lists hold ", K, " neighbours per row; k1 = ", k1,
+                    " needs at least ", std::min<int64_t>(k1 + 1, n));
+}
+
+// Sparse steps on the device. nn (n, L) int32: each row's first L = min(k1 + 1, n) neighbours in rank order.
+// dist(i, j) -> dn(i, j). out (q, g) holds lambda * dn on entry and gets (1 - lambda) * jaccard added.
+template <typename Launch, typename Dist>
+void rerank_sparse_gpu_algorithm(const RerankParams& p, const at::Tensor& nn, const Dist& dist, at::Tensor& out) {
+  const int64_t n = p.n, q = p.q, g = n - q, L = nn.size(1);
+  const int64_t len_half = std::min<int64_t>(half_round_even(p.k1) + 1, n);
+  const auto i32 = nn.options().dtype(at::kInt);
+  const int32_t* nnp = nn.const_data_ptr<int32_t>();
+
+  // Sorted copies for binary-search membership of long lists (the CPU kernel's rule; the result is the same).
+  const at::Tensor sorted_l = L > kRerankScanMax ? std::get<0>(at::sort(nn, 1)).contiguous() : at::Tensor();
+  const at::Tensor sorted_h =
+      len_half > kRerankScanMax ? std::get<0>(at::sort(nn.narrow(1, 0, len_half), 1)).contiguous() : at::Tensor();
+  at::Tensor rset = at::empty({n, L}, i32), rcnt = at::empty({n}, i32);
+  at::Tensor hset = at::empty({n, len_half}, i32), hcnt = at::empty({n}, i32);
+  Launch::reciprocal(nnp, sorted_l.defined() ? sorted_l.const_data_ptr<int32_t>() : nullptr, n, L, L,
+                     rset.data_ptr<int32_t>(), rcnt.data_ptr<int32_t>());
+  Launch::reciprocal(nnp, sorted_h.defined() ? sorted_h.const_data_ptr<int32_t>() : nullptr, n, L, len_half,
+                     hset.data_ptr<int32_t>(), hcnt.data_ptr<int32_t>());
+
+  const int64_t cap_v = rerank_expanded_capacity(L, len_half, n);
+  at::Tensor members = at::empty({n, cap_v}, i32), w = at::empty({n, cap_v}, nn.options().dtype(at::kDouble));
+  at::Tensor vcols = at::empty({n, cap_v}, i32), vvals = at::empty({n, cap_v}, nn.options().dtype(at::kFloat));
+  at::Tensor vcnt = at::empty({n}, i32);
+  const RerankExpandArgs ea{n,
+                            L,
+                            len_half,
+                            cap_v,
+                            rset.const_data_ptr<int32_t>(),
+                            rcnt.const_data_ptr<int32_t>(),
+                            hset.const_data_ptr<int32_t>(),
+                            hcnt.const_data_ptr<int32_t>(),
+                            members.data_ptr<int32_t>(),
+                            w.data_ptr<double>(),
+                            vcols.data_ptr<int32_t>(),
+                            vvals.data_ptr<float>(),
+                            vcnt.data_ptr<int32_t>()};
+  Launch::expand(ea, dist);
+  members = at::Tensor();
+  w = at::Tensor();
+
+  int64_t cap = cap_v;
+  if (p.k2 != 1) {  // the numpy code skips the local query expansion at k2 = 1
+    const int64_t k2 = std::min<int64_t>(p.k2, L);
+    const int64_t cap_q = rerank_expansion_capacity(k2, cap_v, n);
+    at::Tensor heads = at::empty({n, k2}, i32);
+    at::Tensor qcols = at::empty({n, cap_q}, i32), qvals = at::empty({n, cap_q}, vvals.options());
+    at::Tensor qcnt = at::empty({n}, i32);
+    const RerankQueryExpandArgs qa{n,
+                                   L,
+                                   k2,
+                                   cap_v,
+                                   cap_q,
+                                   nnp,
+                                   vcols.const_data_ptr<int32_t>(),
+                                   vvals.const_data_ptr<float>(),
+                                   vcnt.const_data_ptr<int32_t>(),
+                                   heads.data_ptr<int32_t>(),
+                                   qcols.data_ptr<int32_t>(),
+                                   qvals.data_ptr<float>(),
+                                   qcnt.data_ptr<int32_t>()};
+    Launch::query_expand(qa);
+    vcols = qcols;
+    vvals = qvals;
+    vcnt = qcnt;
+    cap = cap_q;
+  }
+
+  const RerankJaccardArgs ja{q, g, cap, vcols.const_data_ptr<int32_t>(), vvals.const_data_ptr<float>(),
+                             vcnt.const_data_ptr<int32_t>(), static_cast<float>(1.0 - p.lambda)};
+  Launch::jaccard(ja, out.data_ptr<float>());
+}
+
+// Rows of a GEMM tile per block: about 4M distances, so the tile and its sort stay near 100 MB.
+inline int64_t rerank_gpu_block_rows(int64_t n) {
+  return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(n, 1), 1, 4096);
+}
+
+template <typename Launch>
+at::Tensor kreciprocal_rerank_gpu_algorithm(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
+                                            double lambda_value) {
+  check_rerank_params(k1, k2, lambda_value);
+  check_rerank_features(query, gallery);
+  const int64_t q = query.size(0), n = q + gallery.size(0), g = n - q;
+  at::Tensor out = at::empty({q, g}, query.options().dtype(at::kFloat));
+  if (q == 0 || g == 0) return out;
+  const at::Tensor x = at::cat({query, gallery}, 0).contiguous();
+  const int64_t d = x.size(1), L = std::min<int64_t>(k1 + 1, n);
+  const RerankParams p{n, q, k1, k2, lambda_value};
+  const float lam = static_cast<float>(lambda_value);
+  at::Tensor nn = at::empty({n, L}, x.options().dtype(at::kInt));
+  at::Tensor row_max = at::empty({n}, x.options());
+  at::Tensor sq = at::empty({n}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kreciprocal_rerank_gpu_algorithm", [&] {
+    const scalar_t* X = x.const_data_ptr<scalar_t>();
+    Launch::template row_sqnorms<scalar_t>(X, n, d, sq.data_ptr<scalar_t>());
+    const int64_t B = rerank_gpu_block_rows(n);
+    for (int64_t b0 = 0; b0 < n; b0 += B) {
+      const int64_t nb = std::min(B, n - b0);
+      at::Tensor tile = at::mm(x.narrow(0, b0, nb), x.t()).contiguous();
+      Launch::template tile_sqdist<scalar_t>(tile.data_ptr<scalar_t>(), sq.const_data_ptr<scalar_t>(), b0, nb, n);
+      row_max.narrow(0, b0, nb).copy_(at::amax(tile, 1));
+      if (b0 < q)
+        Launch::template tile_out<scalar_t>(tile.const_data_ptr<scalar_t>(), row_max.const_data_ptr<scalar_t>(), b0,
+                                            std::min(nb, q - b0), n, q, lam, out.data_ptr<float>());
+      // Stable: equal distances keep ascending column order, the CPU kernel's tie rule.
+      const at::Tensor order = std::get<1>(at::sort(tile, /*stable=*/true, /*dim=*/1, /*descending=*/false));
+      nn.narrow(0, b0, nb).copy_(order.narrow(1, 0, L));
+    }
+    const RerankFeatureDist<scalar_t> dist{X, sq.const_data_ptr<scalar_t>(), row_max.const_data_ptr<scalar_t>(), d};
+    rerank_sparse_gpu_algorithm<Launch>(p, nn, dist, out);
+  });
+  return out;
+}
+
+template <typename Launch>
+at::Tensor kreciprocal_rerank_topk_gpu_algorithm(const at::Tensor& distances, const at::Tensor& indices,
+                                                 int64_t num_query, int64_t k1, int64_t k2, double lambda_value) {
+  check_rerank_params(k1, k2, lambda_value);
+  check_rerank_topk(distances, indices, num_query, k1);
+  const int64_t n = distances.size(0), K = distances.size(1), q = num_query, g = n - q;
+  at::Tensor out = at::empty({q, g}, distances.options().dtype(at::kFloat));
+  if (q == 0 || g == 0) return out;
+  const at::Tensor D = distances.contiguous(), I = indices.contiguous();
+  // Index checks read a flag back to the host (a kernel cannot raise): the only synchronisations.
+  TORCH_CHECK_VALUE(!((I < 0) | (I >= n)).any().item<bool>(), "indices has an entry outside [0, ", n, ")");
+  if (K > 1) {
+    const at::Tensor s = std::get<0>(at::sort(I, 1));
+    TORCH_CHECK_VALUE(!(s.narrow(1, 1, K - 1) == s.narrow(1, 0, K - 1)).any().item<bool>(),
+                      "an indices row lists a neighbour twice");
+  }
+  const int64_t L = std::min<int64_t>(k1 + 1, n);
+  const at::Tensor nn = I.narrow(1, 0, L).to(at::kInt).contiguous();
+  const RerankParams p{n, q, k1, k2, lambda_value};
+  AT_DISPATCH_FLOATING_TYPES(D.scalar_type(), "kreciprocal_rerank_topk_gpu_algorithm", [&] {
+    const scalar_t* Dp = D.const_data_ptr<scalar_t>();
+    const int64_t* Ip = I.const_data_ptr<int64_t>();
+    Launch::template topk_out<scalar_t>(Dp, Ip, K, q, g, static_cast<float>(lambda_value), out.data_ptr<float>());
+    const RerankTopkScanDist<scalar_t> dist{Dp, Ip, K};
+    rerank_sparse_gpu_algorithm<Launch>(p, nn, dist, out);
+  });
+  return out;
+}
+
+}  // namespace ssml_fast
