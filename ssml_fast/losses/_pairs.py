@@ -123,17 +123,6 @@ def zero_loss(*tensors: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def reduce_pairs(losses: torch.Tensor, w: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce per-pair losses (B, R) with pair weights w (multiplicities): "mean_nonzero" (mean over pairs
-    with loss > 0, PML's AvgNonZeroReducer), "mean" (over all pairs), "sum". No pairs -> 0."""
-    wl = losses * w
-    if reduction == "sum":
-        return wl.sum()
-    count = w.sum() if reduction == "mean" else (w * (losses > 0).to(w.dtype)).sum()
-    total = wl.sum()
-    return torch.where(count > 0, total / count.clamp_min(1), total * 0)
-
-
 def check_positive(name, value) -> float:
     v = _checks.check_nonnegative(name, value)
     if v == 0:
