@@ -6,9 +6,11 @@
 //   - k-reciprocal sets, their expansion and the rows of V are per-row sparse (about k1..2 k1 entries);
 //   - the local query expansion merges k2 sparse rows; the Jaccard step walks an inverted index.
 // Memory: the (q, g) output + O(N k1 k2) + one GEMM tile. The top-K list entry point needs no features.
-// The per-row steps (reciprocal sets, expansion, weights, query expansion, the final combination) are the
-// bodies in common/rerank_math.h that the CUDA kernels run too; this file adds what is CPU-specific: the fused
-// selection of the distance pass, O(1) stamp membership and the inverted index of the Jaccard step.
+// The per-row steps (distances, reciprocal sets, expansion, weights, the final combination) are the bodies in
+// common/rerank_math.h that the CUDA kernels run too; this file adds what is CPU-specific: the fused selection
+// of the distance pass, O(1) stamp membership, a dense accumulator for the query expansion (the GPU merges) and
+// the inverted index of the Jaccard step (the GPU merges pairs). Each gives the same numbers as the GPU path's
+// choice, which tests/test_rerank_gpu_algorithm.py checks exactly.
 //
 // Conventions (the numpy code's, made deterministic):
 //   d(i, j)  squared euclidean distance, clamped at 0, exactly 0 on the diagonal;
@@ -23,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -101,8 +104,10 @@ void rerank_sparse(const RerankParams& p, const std::vector<int32_t>& nn, int64_
 
   // V rows: exp(-dn) over the expanded k-reciprocal set, normalised to sum 1. Fixed-capacity rows (n, cap).
   const int64_t cap_v = rerank_expanded_capacity(L, len_half, n);
-  std::vector<int32_t> vcols(n * cap_v), vcnt(n);
-  std::vector<float> vvals(n * cap_v);
+  // Uninitialised: only the first cnt[i] entries of a row are written or read.
+  auto vcols = std::make_unique_for_overwrite<int32_t[]>(n * cap_v);
+  auto vvals = std::make_unique_for_overwrite<float[]>(n * cap_v);
+  std::vector<int32_t> vcnt(n);
   at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
     Stamp in_r(n), in_e(n), scratch(n);
     std::vector<int32_t> members(cap_v);
@@ -120,36 +125,78 @@ void rerank_sparse(const RerankParams& p, const std::vector<int32_t>& nn, int64_
     }
   });
 
+  // Final rows as (columns, values, count) pointers: V's fixed-capacity rows, or the query expansion's.
+  std::vector<const int32_t*> fcols(n);
+  std::vector<const float*> fvals(n);
+  for (int64_t i = 0; i < n; ++i) {
+    fcols[i] = vcols.get() + i * cap_v;
+    fvals[i] = vvals.get() + i * cap_v;
+  }
+  const int32_t* fcnt = vcnt.data();
+
   // Local query expansion: V_i <- mean of V over i's first k2 neighbours (the numpy code skips it at k2 = 1).
-  int64_t cap = cap_v;
+  // A dense per-thread accumulator visited row by row: the same sums, in the same order, as the k-way merge of
+  // rerank_query_expand_row (the GPU path's, which needs no O(n) scratch) and about twice as fast here. Rows are
+  // stored compactly per chunk of rows: fixed-capacity rows (k2 * capV) would cost 3x the page faults.
+  constexpr int64_t kChunk = 256;
+  std::vector<std::vector<int32_t>> ccols;
+  std::vector<std::vector<float>> cvals;
+  std::vector<int32_t> qcnt;
   if (p.k2 != 1) {
     const int64_t k2 = std::min<int64_t>(p.k2, L);
-    const int64_t cap_q = rerank_expansion_capacity(k2, cap_v, n);
-    std::vector<int32_t> qcols(n * cap_q), qcnt(n);
-    std::vector<float> qvals(n * cap_q);
-    at::parallel_for(0, n, 64, [&](int64_t b, int64_t e) {
-      std::vector<int32_t> heads(k2);
-      for (int64_t i = b; i < e; ++i)
-        qcnt[i] = rerank_query_expand_row(i, nn.data(), L, k2, vcols.data(), vvals.data(), vcnt.data(), cap_v,
-                                          heads.data(), &qcols[i * cap_q], &qvals[i * cap_q], cap_q);
+    const int64_t nchunks = (n + kChunk - 1) / kChunk;
+    ccols.resize(nchunks);
+    cvals.resize(nchunks);
+    qcnt.resize(n);
+    std::vector<int64_t> qoff(n);
+    at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+      Stamp seen(n);
+      std::vector<double> acc(n, 0.0);
+      std::vector<int32_t> cols;
+      for (int64_t ch = cb; ch < ce; ++ch) {
+        std::vector<int32_t>& oc = ccols[ch];
+        std::vector<float>& ov = cvals[ch];
+        for (int64_t i = ch * kChunk; i < std::min(n, (ch + 1) * kChunk); ++i) {
+          cols.clear();
+          for (int64_t r = 0; r < k2; ++r) {
+            const int64_t h = nn[i * L + r];
+            for (int32_t t = 0; t < vcnt[h]; ++t) {
+              const int32_t c = vcols[h * cap_v + t];
+              if (!seen.has(c, i)) {
+                seen.mark(c, i);
+                cols.push_back(c);
+                acc[c] = 0;
+              }
+              acc[c] += vvals[h * cap_v + t];
+            }
+          }
+          std::sort(cols.begin(), cols.end());
+          qoff[i] = static_cast<int64_t>(oc.size());
+          for (const int32_t c : cols) {
+            oc.push_back(c);
+            ov.push_back(static_cast<float>(acc[c] / static_cast<double>(k2)));
+          }
+          qcnt[i] = static_cast<int32_t>(cols.size());
+        }
+      }
     });
-    vcols.swap(qcols);
-    vvals.swap(qvals);
-    vcnt.swap(qcnt);
-    cap = cap_q;
+    for (int64_t i = 0; i < n; ++i) {
+      fcols[i] = ccols[i / kChunk].data() + qoff[i];
+      fvals[i] = cvals[i / kChunk].data() + qoff[i];
+    }
+    fcnt = qcnt.data();
   }
 
   // Inverted index over the gallery rows: for each column l, the (gallery row - q, V_jl) with V_jl != 0.
   std::vector<int64_t> start(n + 1, 0);
   for (int64_t j = q; j < n; ++j)
-    for (int32_t t = 0; t < vcnt[j]; ++t) ++start[vcols[j * cap + t] + 1];
+    for (int32_t t = 0; t < fcnt[j]; ++t) ++start[fcols[j][t] + 1];
   for (int64_t l = 0; l < n; ++l) start[l + 1] += start[l];
   std::vector<std::pair<int32_t, float>> inv(start[n]);
   {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
     for (int64_t j = q; j < n; ++j)
-      for (int32_t t = 0; t < vcnt[j]; ++t)
-        inv[fill[vcols[j * cap + t]]++] = {static_cast<int32_t>(j - q), vvals[j * cap + t]};
+      for (int32_t t = 0; t < fcnt[j]; ++t) inv[fill[fcols[j][t]]++] = {static_cast<int32_t>(j - q), fvals[j][t]};
   }
 
   // Jaccard distance of each query row to every gallery row, added to out.
@@ -157,9 +204,9 @@ void rerank_sparse(const RerankParams& p, const std::vector<int32_t>& nn, int64_
   at::parallel_for(0, q, 16, [&](int64_t b, int64_t e) {
     std::vector<float> acc(g, 0.f);
     for (int64_t i = b; i < e; ++i) {
-      for (int32_t c = 0; c < vcnt[i]; ++c) {
-        const int32_t l = vcols[i * cap + c];
-        const float v = vvals[i * cap + c];
+      for (int32_t c = 0; c < fcnt[i]; ++c) {
+        const int32_t l = fcols[i][c];
+        const float v = fvals[i][c];
         for (int64_t t = start[l]; t < start[l + 1]; ++t) acc[inv[t].first] += std::min(v, inv[t].second);
       }
       float* o = out + i * g;
