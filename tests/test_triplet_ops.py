@@ -149,3 +149,20 @@ def test_cuda_matches_cpu(mining, distance, n_classes):
     torch.testing.assert_close(lg, lc, rtol=1e-4, atol=1e-6)
     assert (ac, tc) == (ag, tg)
     torch.testing.assert_close(gg, gc, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_self_distance_diagonal_is_exactly_zero(distance, dtype):
+    x = (torch.randn(50, 7, dtype=torch.float64) * 10 + 3).to(dtype).requires_grad_(True)
+    d = ops.pairwise_distance(x, distance=distance)
+    assert (d.diagonal() == 0).all()
+    assert torch.equal(d, ops.pairwise_distance(x, x, distance))
+    d.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_self_distance_gradcheck_with_zero_diagonal():
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    for distance in ["sqeuclidean", "cosine"]:
+        assert torch.autograd.gradcheck(lambda a: ops.pairwise_distance(a, distance=distance), (x,))

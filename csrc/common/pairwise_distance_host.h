@@ -31,14 +31,17 @@ inline at::Tensor unit_rows(const at::Tensor& x, at::Tensor* norms = nullptr) {
 inline at::Tensor pairwise_distance_impl(const at::Tensor& x_in, const at::Tensor& y_in, Metric metric,
                                          const DistanceEpilogues& ep) {
   at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
+  at::Tensor gram;
   if (metric == Metric::Cosine) {
-    at::Tensor gram = at::mm(unit_rows(x), unit_rows(y).t());
+    gram = at::mm(unit_rows(x), unit_rows(y).t());
     ep.to_distance(gram, at::Tensor(), at::Tensor(), metric);
-    return gram;
+  } else {
+    gram = at::mm(x, y.t());
+    ep.to_distance(gram, (x * x).sum(1), (y * y).sum(1), metric);
   }
-  at::Tensor gram = at::mm(x, y.t());
-  at::Tensor sq_x = (x * x).sum(1), sq_y = (y * y).sum(1);
-  ep.to_distance(gram, sq_x, sq_y, metric);
+  // d(x_i, x_i) is exactly 0, but the GEMM form rounds it to ~1e-8: pin it when y is x. The gradient
+  // there is 0 for every metric, which distance_grad_coef (and the cosine projection) already give.
+  if (x_in.is_same(y_in)) gram.diagonal().zero_();
   return gram;
 }
 

@@ -38,14 +38,15 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, distance: 
 
     distance: "euclidean" (||x - y||), "sqeuclidean" (||x - y||^2) or "cosine" (1 - cos(x, y)).
     Embeddings are used as given (no normalisation) except by "cosine". float32/float64; half
-    precision is computed in float32. y=None means y = x.
+    precision is computed in float32. y=None (or y is x) means y = x, and then the diagonal is exactly 0.
     """
     _checks.check_embeddings("x", x)
-    if y is None:
-        y = x
+    _checks.check_choice("distance", distance, DISTANCES)
+    x_c = x.to(_checks.compute_dtype(x))
+    if y is None or y is x:
+        # The same tensor twice: the op then returns an exactly zero diagonal.
+        return torch.ops.ssml_fast.pairwise_distance(x_c, x_c, distance)
     _checks.check_embeddings("y", y)
     _checks.check_same_dim("y", x, y)
     _checks.check_same_device("y", y, x.device)
-    _checks.check_choice("distance", distance, DISTANCES)
-    dtype = _checks.compute_dtype(x)
-    return torch.ops.ssml_fast.pairwise_distance(x.to(dtype), y.to(dtype), distance)
+    return torch.ops.ssml_fast.pairwise_distance(x_c, y.to(x_c.dtype), distance)
