@@ -166,3 +166,18 @@ def test_self_distance_gradcheck_with_zero_diagonal():
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     for distance in ["sqeuclidean", "cosine"]:
         assert torch.autograd.gradcheck(lambda a: ops.pairwise_distance(a, distance=distance), (x,))
+
+
+def test_int32_labels_passed_as_ref_labels_too():
+    from ssml_fast import losses, miners
+
+    emb, labels = batch(12, 3, dtype=torch.float32)
+    lab32 = labels.int()
+    base = ops.triplet_margin_loss(emb, labels)
+    assert torch.equal(ops.triplet_margin_loss(emb, lab32, ref_emb=emb, ref_labels=lab32), base)
+    assert torch.equal(losses.TripletMarginLoss()(emb, lab32, ref_emb=emb, ref_labels=lab32), base)
+    a = miners.BatchHardMiner()(emb, lab32, emb, lab32)
+    b = miners.BatchHardMiner()(emb, labels)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="ref_labels"):
+        ops.triplet_margin_loss(emb, labels, ref_emb=emb, ref_labels=labels.flip(0))

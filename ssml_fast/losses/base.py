@@ -22,24 +22,12 @@ class MetricLoss(nn.Module):
 
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         _checks.check_embeddings("embeddings", embeddings)
+        needs_ref_labels = self.requires_labels and indices_tuple is None
+        ref_emb, ref_labels = _checks.resolve_reference(embeddings, labels, ref_emb, ref_labels, needs_ref_labels)
         if labels is not None:
             labels = _checks.check_labels("labels", labels, embeddings.shape[0], embeddings.device)
         elif self.requires_labels and indices_tuple is None:
             raise ValueError(f"{type(self).__name__} needs labels (or an indices_tuple)")
-        if ref_emb is embeddings:
-            ref_emb = None
-        if ref_emb is None:
-            if ref_labels is not None and ref_labels is not labels:
-                raise ValueError("ref_labels was given without ref_emb")
-            ref_labels = None
-        else:
-            _checks.check_embeddings("ref_emb", ref_emb)
-            _checks.check_same_dim("ref_emb", embeddings, ref_emb)
-            _checks.check_same_device("ref_emb", ref_emb, embeddings.device)
-            if ref_labels is None and self.requires_labels and indices_tuple is None:
-                raise ValueError("ref_labels is required when ref_emb is given")
-            if ref_labels is not None:
-                ref_labels = _checks.check_labels("ref_labels", ref_labels, ref_emb.shape[0], embeddings.device)
         return self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> torch.Tensor:

@@ -16,20 +16,8 @@ class BaseMiner(nn.Module):
 
     def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
         _checks.check_embeddings("embeddings", embeddings)
+        ref_emb, ref_labels = _checks.resolve_reference(embeddings, labels, ref_emb, ref_labels)
         labels = _checks.check_labels("labels", labels, embeddings.shape[0], embeddings.device)
-        if ref_emb is embeddings:
-            ref_emb = None
-        if ref_emb is None:
-            if ref_labels is not None and ref_labels is not labels:
-                raise ValueError("ref_labels was given without ref_emb")
-            ref_labels = None
-        else:
-            _checks.check_embeddings("ref_emb", ref_emb)
-            _checks.check_same_dim("ref_emb", embeddings, ref_emb)
-            _checks.check_same_device("ref_emb", ref_emb, embeddings.device)
-            if ref_labels is None:
-                raise ValueError("ref_labels is required when ref_emb is given")
-            ref_labels = _checks.check_labels("ref_labels", ref_labels, ref_emb.shape[0], embeddings.device)
         with torch.no_grad():
             return self.mine(embeddings.detach(), labels, None if ref_emb is None else ref_emb.detach(),
                              ref_labels)

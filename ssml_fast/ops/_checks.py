@@ -63,3 +63,26 @@ def check_nonnegative(name: str, value) -> float:
 def compute_dtype(emb: torch.Tensor) -> torch.dtype:
     """Half-precision inputs are computed (and accumulated) in float32."""
     return emb.dtype if emb.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def resolve_reference(emb: torch.Tensor, labels, ref_emb, ref_labels, labels_required: bool = True):
+    """The reference set of the PML call shape, validated: returns (ref_emb, ref_labels as int64).
+
+    (None, None) means the batch is its own reference (ref_emb None or `ref_emb is emb`); then a sample is
+    never paired with itself, and ref_labels may only be omitted or be `labels` itself. `labels` is the
+    caller's argument as given (before any conversion), so identity checks see the user's tensor.
+    """
+    if ref_emb is None or ref_emb is emb:
+        if ref_labels is not None and ref_labels is not labels:
+            if ref_emb is None:
+                raise ValueError("ref_labels was given without ref_emb")
+            raise ValueError("ref_emb is the embeddings themselves, so ref_labels must be omitted or be labels")
+        return None, None
+    check_embeddings("ref_emb", ref_emb)
+    check_same_dim("ref_emb", emb, ref_emb)
+    check_same_device("ref_emb", ref_emb, emb.device)
+    if ref_labels is None:
+        if labels_required:
+            raise ValueError("ref_labels is required when ref_emb is given")
+        return ref_emb, None
+    return ref_emb, check_labels("ref_labels", ref_labels, ref_emb.shape[0], emb.device)

@@ -70,6 +70,7 @@ def triplet_margin_loss(
     num_triplets) with return_stats=True. A batch without any valid triplet gives 0 with zero gradient.
     """
     _checks.check_embeddings("emb", emb)
+    ref_emb, ref_labels = _checks.resolve_reference(emb, labels, ref_emb, ref_labels)
     labels = _checks.check_labels("labels", labels, emb.shape[0], emb.device)
     margin = _checks.check_nonnegative("margin", margin)
     _checks.check_choice("mining", mining, MININGS)
@@ -78,18 +79,9 @@ def triplet_margin_loss(
     if soft and mining == "all":
         raise ValueError("soft=True is supported for mining='hard' and 'semihard', not 'all'")
 
-    self_reference = ref_emb is None or ref_emb is emb
+    self_reference = ref_emb is None
     if self_reference:
-        if ref_labels is not None and ref_labels is not labels and ref_emb is None:
-            raise ValueError("ref_labels was given without ref_emb")
         ref_emb, ref_labels = emb, labels
-    else:
-        _checks.check_embeddings("ref_emb", ref_emb)
-        _checks.check_same_dim("ref_emb", emb, ref_emb)
-        _checks.check_same_device("ref_emb", ref_emb, emb.device)
-        if ref_labels is None:
-            raise ValueError("ref_labels is required when ref_emb is given")
-        ref_labels = _checks.check_labels("ref_labels", ref_labels, ref_emb.shape[0], emb.device)
 
     dist = pairwise_distance(emb, ref_emb, distance)
     loss, active, total, _ = torch.ops.ssml_fast.triplet_margin_loss_from_dist(
