@@ -8,6 +8,8 @@ inputs they must agree exactly. The dense numpy reference of tests/test_rerank.p
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ssml_fast
 from ssml_fast.ops import kreciprocal_rerank
@@ -127,3 +129,21 @@ def test_cuda_matches_cpu(dtype):
     cpu = kreciprocal_rerank((dist, idx), num_query=150)
     gpu = kreciprocal_rerank((dist.cuda(), idx.cuda()), num_query=150)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 60), data=st.data(), dims=st.integers(1, 4), seed=st.integers(0, 2**16),
+       double=st.booleans())
+def test_property_matches_cpu_kernel(n, data, dims, seed, double):
+    """Any split, any k1 (also beyond n), any k2 <= k1, integer data (ties): both entry points agree exactly."""
+    q = data.draw(st.integers(1, n - 1))
+    k1 = data.draw(st.integers(1, n + 2))
+    k2 = data.draw(st.integers(1, k1))
+    lam = data.draw(st.sampled_from([0.0, 0.3, 1.0]))
+    x = features(n, dims, seed=seed, integer=True)
+    got, want = both(x, q, k1, k2, lam, dtype=torch.float64 if double else torch.float32)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    K = data.draw(st.integers(min(k1 + 1, n), n))
+    dist, idx = (torch.from_numpy(a) for a in sorted_lists(sqdist(x), K))
+    torch.testing.assert_close(gpu_algorithm_topk(dist, idx, q, k1, k2, lam), cpu_op_topk(dist, idx, q, k1, k2, lam),
+                               atol=0, rtol=0)

@@ -3,15 +3,17 @@
 // distance pass through ATen (GEMM tiles, stable sort for the neighbour lists, row max) and the sparse steps
 // through `Launch` (CUDA kernels, or CPU loops over the same bodies for tests; common/rerank_math.h).
 //
-// Differences from the CPU kernel, none of which changes a number: neighbours come from a stable sort of each
-// GEMM tile row (ties to the lower index, as the CPU's selection), set membership is tested by scanning the
+// Differences from the CPU kernel, none of which changes a number: neighbours come from a top-k selection on
+// unique (distance, column) keys of each GEMM tile row (a stable sort for float64; ties to the lower index, as
+// the CPU's selection), set membership is tested by scanning the
 // bounded per-row lists instead of O(n) stamp arrays, and the Jaccard step merges each (query, gallery) pair of
 // sparse rows instead of walking an inverted index (the same terms summed in the same column order).
-// Memory: the (q, g) output, a tile of about 4M distances with its sort, and fixed-capacity sparse rows:
+// Memory: the (q, g) output, a tile of about 4M distances with its keys, and fixed-capacity sparse rows:
 // (n, capV) for V and (n, k2 * capV) for the expanded V, capV = rerank_expanded_capacity (84 at k1 = 20).
 // The only host synchronisations are the index checks of the top-K entry point.
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include <ATen/Dispatch.h>
 #include <ATen/TensorOperators.h>
@@ -20,7 +22,9 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/bitwise_and.h>
 #include <ATen/ops/sort.h>
+#include <ATen/ops/topk.h>
 
 #include "common/rerank_math.h"
 
@@ -171,9 +175,17 @@ at::Tensor kreciprocal_rerank_gpu_algorithm(const at::Tensor& query, const at::T
       if (b0 < q)
         Launch::template tile_out<scalar_t>(tile.const_data_ptr<scalar_t>(), row_max.const_data_ptr<scalar_t>(), b0,
                                             std::min(nb, q - b0), n, q, lam, out.data_ptr<float>());
-      // Stable: equal distances keep ascending column order, the CPU kernel's tie rule.
-      const at::Tensor order = std::get<1>(at::sort(tile, /*stable=*/true, /*dim=*/1, /*descending=*/false));
-      nn.narrow(0, b0, nb).copy_(order.narrow(1, 0, L));
+      // The first L by (distance, column), the CPU kernel's order. float32: a top-L selection on unique
+      // (distance bits, column) keys; float64 has no room for the column in the key: a stable sort.
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        at::Tensor keys = at::empty({nb, n}, x.options().dtype(at::kLong));
+        Launch::tile_keys(tile.const_data_ptr<float>(), nb, n, keys.data_ptr<int64_t>());
+        const at::Tensor top = std::get<0>(at::topk(keys, L, /*dim=*/1, /*largest=*/false, /*sorted=*/true));
+        nn.narrow(0, b0, nb).copy_(top.bitwise_and(0xffffffffLL));
+      } else {
+        const at::Tensor order = std::get<1>(at::sort(tile, /*stable=*/true, /*dim=*/1, /*descending=*/false));
+        nn.narrow(0, b0, nb).copy_(order.narrow(1, 0, L));
+      }
     }
     const RerankFeatureDist<scalar_t> dist{X, sq.const_data_ptr<scalar_t>(), row_max.const_data_ptr<scalar_t>(), d};
     rerank_sparse_gpu_algorithm<Launch>(p, nn, dist, out);

@@ -8,6 +8,7 @@
 // count before it fills and the GPU path needs no host synchronisation to size its buffers.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "common/contextual_math.h"  // half_round_even
 #include "common/hd.h"
@@ -53,6 +54,15 @@ template <typename T>
 SSML_HD T rerank_sqdist(T si, T sj, T gram) {
   const T v = si + sj - T(2) * gram;
   return v > T(0) ? v : T(0);
+}
+
+// Unique int64 sort key of a float32 distance v >= 0 at column j: ordering the keys orders by (v, j), so a
+// top-k selection on them needs no tie rule of its own (the CPU kernel's order: equal distances to the lower
+// column). A non-negative float's bit pattern is monotone in its value.
+SSML_HD int64_t rerank_order_key(float v, int64_t j) {
+  uint32_t bits;
+  memcpy(&bits, &v, sizeof bits);
+  return (static_cast<int64_t>(bits) << 32) | j;
 }
 
 // lambda * dn(i, j) as the output's original-distance part: d / row max, 0 for a row whose max is 0.

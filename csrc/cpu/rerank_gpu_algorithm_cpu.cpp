@@ -28,6 +28,10 @@ struct CpuLoopLaunch {
     for (int64_t r = 0; r < nbq; ++r)
       for (int64_t j = 0; j < g; ++j) out[(b0 + r) * g + j] = rerank_scaled_dist(tile[r * n + q + j], row_max[b0 + r], lam);
   }
+  static void tile_keys(const float* tile, int64_t nb, int64_t n, int64_t* keys) {
+    for (int64_t r = 0; r < nb; ++r)
+      for (int64_t j = 0; j < n; ++j) keys[r * n + j] = rerank_order_key(tile[r * n + j], j);
+  }
   static void reciprocal(const int32_t* nn, const int32_t* sorted, int64_t n, int64_t L, int64_t len, int32_t* out,
                          int32_t* cnt) {
     for (int64_t i = 0; i < n; ++i) cnt[i] = rerank_reciprocal_row(i, nn, sorted, L, len, out + i * len);

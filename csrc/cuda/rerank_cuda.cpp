@@ -32,6 +32,10 @@ struct CudaLaunch {
     cuda::rerank_tile_out<T>(tile, row_max, b0, nbq, n, q, lam, out, stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  static void tile_keys(const float* tile, int64_t nb, int64_t n, int64_t* keys) {
+    cuda::rerank_tile_keys(tile, nb, n, keys, stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   static void reciprocal(const int32_t* nn, const int32_t* sorted, int64_t n, int64_t L, int64_t len, int32_t* out,
                          int32_t* cnt) {
     cuda::rerank_reciprocal(nn, sorted, n, L, len, out, cnt, stream());

@@ -41,6 +41,10 @@ __global__ void tile_out_kernel(const T* tile, const T* row_max, int64_t b0, int
   }
 }
 
+__global__ void tile_keys_kernel(const float* tile, int64_t nb, int64_t n, int64_t* keys) {
+  for (int64_t t = first_index(); t < nb * n; t += grid_stride()) keys[t] = rerank_order_key(tile[t], t % n);
+}
+
 __global__ void reciprocal_kernel(const int32_t* nn, const int32_t* sorted, int64_t n, int64_t L, int64_t len,
                                   int32_t* out, int32_t* cnt) {
   for (int64_t i = first_index(); i < n; i += grid_stride())
@@ -96,6 +100,10 @@ template <typename T>
 void rerank_tile_out(const T* tile, const T* row_max, int64_t b0, int64_t nbq, int64_t n, int64_t q, float lam,
                      float* out, cudaStream_t stream) {
   tile_out_kernel<T><<<blocks_for(nbq * (n - q)), kThreads, 0, stream>>>(tile, row_max, b0, nbq, n, q, lam, out);
+}
+
+void rerank_tile_keys(const float* tile, int64_t nb, int64_t n, int64_t* keys, cudaStream_t stream) {
+  tile_keys_kernel<<<blocks_for(nb * n), kThreads, 0, stream>>>(tile, nb, n, keys);
 }
 
 void rerank_reciprocal(const int32_t* nn, const int32_t* sorted, int64_t n, int64_t L, int64_t len, int32_t* out,

@@ -22,6 +22,9 @@ template <typename T>
 void rerank_tile_out(const T* tile, const T* row_max, int64_t b0, int64_t nbq, int64_t n, int64_t q, float lam,
                      float* out, cudaStream_t stream);
 
+// keys (nb, n) = rerank_order_key of each float32 tile entry.
+void rerank_tile_keys(const float* tile, int64_t nb, int64_t n, int64_t* keys, cudaStream_t stream);
+
 // out (n, len), cnt (n,): mutual-neighbour sets of size parameter len from nn (n, L); sorted: (n, len) or null.
 void rerank_reciprocal(const int32_t* nn, const int32_t* sorted, int64_t n, int64_t L, int64_t len, int32_t* out,
                        int32_t* cnt, cudaStream_t stream);
