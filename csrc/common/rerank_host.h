@@ -204,11 +204,11 @@ at::Tensor kreciprocal_rerank_topk_gpu_algorithm(const at::Tensor& distances, co
   const at::Tensor D = distances.contiguous(), I = indices.contiguous();
   // Index checks read a flag back to the host (a kernel cannot raise): the only synchronisations.
   TORCH_CHECK_VALUE(!((I < 0) | (I >= n)).any().item<bool>(), "indices has an entry outside [0, ", n, ")");
-  if (K > 1) {
-    const at::Tensor s = std::get<0>(at::sort(I, 1));
-    TORCH_CHECK_VALUE(!(s.narrow(1, 1, K - 1) == s.narrow(1, 0, K - 1)).any().item<bool>(),
+  // Each row sorted by index: the duplicate check, and j's list position by binary search in the V step.
+  const auto [sorted_idx, sorted_pos] = at::sort(I, 1);
+  if (K > 1)
+    TORCH_CHECK_VALUE(!(sorted_idx.narrow(1, 1, K - 1) == sorted_idx.narrow(1, 0, K - 1)).any().item<bool>(),
                       "an indices row lists a neighbour twice");
-  }
   const int64_t L = std::min<int64_t>(k1 + 1, n);
   const at::Tensor nn = I.narrow(1, 0, L).to(at::kInt).contiguous();
   const RerankParams p{n, q, k1, k2, lambda_value};
@@ -216,7 +216,8 @@ at::Tensor kreciprocal_rerank_topk_gpu_algorithm(const at::Tensor& distances, co
     const scalar_t* Dp = D.const_data_ptr<scalar_t>();
     const int64_t* Ip = I.const_data_ptr<int64_t>();
     Launch::template topk_out<scalar_t>(Dp, Ip, K, q, g, static_cast<float>(lambda_value), out.data_ptr<float>());
-    const RerankTopkScanDist<scalar_t> dist{Dp, Ip, K};
+    const RerankTopkSortedDist<scalar_t> dist{Dp, sorted_idx.const_data_ptr<int64_t>(),
+                                              sorted_pos.const_data_ptr<int64_t>(), K};
     rerank_sparse_gpu_algorithm<Launch>(p, nn, dist, out);
   });
   return out;

@@ -212,17 +212,23 @@ SSML_HD double rerank_topk_dist(const T* D, int64_t K, int64_t i, int64_t r) {
   return static_cast<double>((v > T(0) ? v : T(0)) / mx);
 }
 
-// rerank_topk_dist with the position found by scanning row i's list (the GPU path; the CPU uses a stamp array).
+// rerank_topk_dist with j's position found by binary search in row i's list sorted by index (the GPU path; the
+// CPU uses a stamp array). sorted_idx, sorted_pos (n, K): each row of I sorted ascending, and where each came from.
 template <typename T>
-struct RerankTopkScanDist {
+struct RerankTopkSortedDist {
   const T* D;
-  const int64_t* I;
+  const int64_t* sorted_idx;
+  const int64_t* sorted_pos;
   int64_t K;
   SSML_HD double operator()(int64_t i, int64_t j) const {
-    int64_t pos = -1;
-    for (int64_t r = 0; r < K && pos < 0; ++r)
-      if (I[i * K + r] == j) pos = r;
-    return rerank_topk_dist(D, K, i, pos);
+    const int64_t* s = sorted_idx + i * K;
+    int64_t lo = 0, hi = K;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (s[mid] < j) lo = mid + 1;
+      else hi = mid;
+    }
+    return rerank_topk_dist(D, K, i, lo < K && s[lo] == j ? sorted_pos[i * K + lo] : int64_t(-1));
   }
 };
 

@@ -138,7 +138,7 @@ void rerank_topk_out(const T* D, const int64_t* I, int64_t K, int64_t q, int64_t
                                    cudaStream_t);                                                              \
   template void rerank_expand<RerankFeatureDist<T>>(const RerankExpandArgs&, const RerankFeatureDist<T>&,      \
                                                     cudaStream_t);                                             \
-  template void rerank_expand<RerankTopkScanDist<T>>(const RerankExpandArgs&, const RerankTopkScanDist<T>&,    \
+  template void rerank_expand<RerankTopkSortedDist<T>>(const RerankExpandArgs&, const RerankTopkSortedDist<T>&,    \
                                                      cudaStream_t);                                            \
   template void rerank_topk_out<T>(const T*, const int64_t*, int64_t, int64_t, int64_t, float, float*, cudaStream_t);
 SSML_INSTANTIATE(float)

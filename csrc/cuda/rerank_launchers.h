@@ -30,7 +30,7 @@ void rerank_reciprocal(const int32_t* nn, const int32_t* sorted, int64_t n, int6
                        int32_t* cnt, cudaStream_t stream);
 
 // Rows of V (rerank_expand_weights_row). Instantiated for RerankFeatureDist<float|double> and
-// RerankTopkScanDist<float|double>.
+// RerankTopkSortedDist<float|double>.
 template <typename Dist>
 void rerank_expand(const RerankExpandArgs& a, const Dist& dist, cudaStream_t stream);
 
