@@ -78,11 +78,12 @@ def kreciprocal_rerank(
 
     Cost: one blocked GEMM pass over the joint set (a tile of about 16M distances at a time, never N x N) plus
     sparse work of about N k1 k2 entries; memory is the (q, g) output plus O(N k1 k2).
-    On CUDA the same steps run on the device (csrc/cuda/rerank_cuda.*): GEMM tiles with a stable sort for the
-    neighbour lists, then one thread per row for the sparse steps (the per-row code the CPU kernel runs too) and
-    one per (query, gallery) pair for the Jaccard step; extra memory about N * k2 * capV * 8 bytes, capV = 84 at
-    k1 = 20. The top-K entry point synchronises once to check the indices. Results match the CPU op to float
-    rounding (the GEMM and exp may round differently on the device).
+    On CUDA the same steps run on the device (csrc/cuda/rerank_cuda.*): GEMM tiles of about 4M distances with a
+    top-k on unique (distance, index) keys for the neighbour lists (a stable sort for float64), then one thread
+    per row for the sparse steps (the per-row code the CPU kernel runs too) and one per (query, gallery) pair for
+    the Jaccard step; extra memory about N * (k2 + 2.5) * capV * 8 bytes, capV = 84 at k1 = 20. The top-K entry
+    point synchronises once to check the indices. Results match the CPU op up to float rounding (the GEMM and
+    exp may round differently on the device, which can also reorder near-equal neighbours).
     """
     _checks.check_choice("mode", mode, RERANK_MODES)
     k1 = _check_int("k1", k1, 1)
