@@ -30,23 +30,13 @@ _CHILD = r"""
 import json, sys, time
 sys.path.insert(0, {bench_dir!r})
 import rerank_workloads as w
-
-
-def status_mb(key):
-    for line in open('/proc/self/status'):
-        if line.startswith(key + ':'):
-            return int(line.split()[1]) / 1024
-
+from _rss_peak import peak_extra_mb
 
 w.make_workload({impl!r}, 300)()  # warm-up: thread pools, BLAS buffers
 fn = w.make_workload({impl!r}, {n})
-with open('/proc/self/clear_refs', 'w') as f:
-    f.write('5')  # resets the peak RSS mark (VmHWM); ru_maxrss would carry the parent's peak
-before = status_mb('VmRSS')
 t = time.perf_counter()
-fn()
-seconds = time.perf_counter() - t
-print(json.dumps([max(0.0, status_mb('VmHWM') - before), seconds]))
+mb = peak_extra_mb(fn)
+print(json.dumps([mb, time.perf_counter() - t]))
 """
 
 
