@@ -34,3 +34,36 @@ def peak_extra_mb(fn) -> float:
         f.write("5")
     fn()
     return round(max(0, _status_kb("VmHWM") - before) / 1024, 1)
+
+
+_CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {bench_dir!r})
+import importlib
+from _rss_peak import peak_extra_mb
+
+mod = importlib.import_module({module!r})
+mod.make_workload(**{warmup!r})()  # warm-up: thread pools, BLAS buffers
+fn = mod.make_workload(**{kwargs!r})
+t = time.perf_counter()
+mb = peak_extra_mb(fn)
+print(json.dumps([mb, time.perf_counter() - t]))
+"""
+
+
+def peak_extra_mb_in_child(module: str, kwargs: dict, warmup: dict, timeout: float = 3600):
+    """(peak extra MB, seconds) of one `module.make_workload(**kwargs)()` call in a fresh interpreter,
+    after a small warm-up call; None when the child fails. In a long-lived process (a pytest-benchmark
+    session) memory freed late by earlier cases can lower RSS during the call and hide its peak."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = _CHILD.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), module=module,
+                         kwargs=kwargs, warmup=warmup)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        return None
+    mb, seconds = json.loads(res.stdout.strip().splitlines()[-1])
+    return round(mb, 1), round(seconds, 2)

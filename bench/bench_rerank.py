@@ -8,17 +8,15 @@ SSML_BENCH_LARGE=1 adds N = 20,000 (numpy: about 70 s and 9 GB) and N = 100,000 
 path, and top-K lists from faiss).
 d = 128, k1 = 20, k2 = 6, lambda = 0.3, queries = N // 6. Quote ratios: the machine may be shared.
 """
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
+from _rss_peak import peak_extra_mb_in_child
 from rerank_workloads import make_data, make_workload, numpy_rerank
 from ssml_fast.ops import kreciprocal_rerank
 
@@ -26,28 +24,9 @@ LARGE = os.environ.get("SSML_BENCH_LARGE") == "1"
 SIZES = [2_000, 10_000] + ([20_000, 100_000] if LARGE else [])
 IMPLS = ["ssml", "ssml_topk", "numpy"]
 
-_CHILD = r"""
-import json, sys, time
-sys.path.insert(0, {bench_dir!r})
-import rerank_workloads as w
-from _rss_peak import peak_extra_mb
-
-w.make_workload({impl!r}, 300)()  # warm-up: thread pools, BLAS buffers
-fn = w.make_workload({impl!r}, {n})
-t = time.perf_counter()
-mb = peak_extra_mb(fn)
-print(json.dumps([mb, time.perf_counter() - t]))
-"""
-
-
 def one_run_in_child(impl, n):
     """(peak extra MB, seconds) of one call in a fresh interpreter; None when it fails."""
-    code = _CHILD.format(bench_dir=os.path.dirname(__file__), impl=impl, n=n)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
-    if res.returncode != 0:
-        return None
-    mb, seconds = json.loads(res.stdout.strip().splitlines()[-1])
-    return round(mb, 1), round(seconds, 2)
+    return peak_extra_mb_in_child("rerank_workloads", {"impl": impl, "n": n}, {"impl": impl, "n": 300})
 
 
 def too_big(impl, n):

@@ -2,14 +2,15 @@
 
 Run: .venv/bin/python -m pytest bench/bench_triplet.py --benchmark-enable --benchmark-group-by=param:B
 Set SSML_BENCH_LARGE=1 for B = 4096 against PML (about 3 GB) and B = 8192 for ssml_fast.
-Each case also records the peak extra memory of one call (bench/_rss_peak.py) in extra_info["peak_mb"].
+Each case also records the peak extra memory of one call, measured in a fresh process (bench/_rss_peak.py),
+in extra_info["peak_mb"].
 """
 import os
 
 import pytest
 import torch
 
-from _rss_peak import peak_extra_mb
+from _rss_peak import peak_extra_mb_in_child
 from triplet_workloads import make_workload
 
 LARGE = os.environ.get("SSML_BENCH_LARGE") == "1"
@@ -29,7 +30,7 @@ def test_triplet(benchmark, impl, B):
     if too_big(impl, B):
         pytest.skip("too large for this machine")
     run = make_workload(impl, B)
-    run()  # warm-up, so one-time allocations are not counted as the call's memory
-    benchmark.extra_info.update(threads=torch.get_num_threads(), B=B, peak_mb=peak_extra_mb(run))
+    child = peak_extra_mb_in_child("triplet_workloads", {"impl": impl, "B": B}, {"impl": impl, "B": 64})
+    benchmark.extra_info.update(threads=torch.get_num_threads(), B=B, peak_mb=child and child[0])
     slow = impl.startswith("pml") or B >= 4096
     benchmark.pedantic(run, rounds=3 if slow else 15, warmup_rounds=1)
