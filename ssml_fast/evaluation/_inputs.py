@@ -46,11 +46,3 @@ def as_labels(name: str, value, n: int) -> np.ndarray:
     if arr.shape[0] != n:
         raise ValueError(f"{name} has {arr.shape[0]} entries but the embeddings have {n} rows")
     return arr.astype(np.int64, copy=False)
-
-
-def as_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)

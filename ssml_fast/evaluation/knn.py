@@ -12,7 +12,8 @@ import faiss
 import numpy as np
 import torch
 
-from ._inputs import as_embeddings, as_positive_int
+from ..ops._checks import check_int
+from ._inputs import as_embeddings
 
 METRICS = ("euclidean", "cosine", "inner_product")
 
@@ -94,7 +95,7 @@ def iter_knn_chunks(
     g = q if leave_one_out else prepare(gallery, metric)
     search_k = k + 1 if leave_one_out else k
     index = _FlatIndex(g, metric, search_k, use_gpu)
-    step = default_chunk_size(search_k) if chunk_size is None else as_positive_int("chunk_size", chunk_size)
+    step = default_chunk_size(search_k) if chunk_size is None else check_int("chunk_size", chunk_size)
     for start in range(0, q.shape[0], step):
         stop = min(start + step, q.shape[0])
         scores, indices = index.search(q[start:stop], search_k)
@@ -143,7 +144,7 @@ def knn_search(
     """
     q = as_embeddings("query", query)
     g = None if gallery is None else as_embeddings("gallery", gallery)
-    k = as_positive_int("k", k)
+    k = check_int("k", k)
     if g is not None and g.shape[1] != q.shape[1]:
         raise ValueError(f"gallery has dimension {g.shape[1]} but query has {q.shape[1]}")
     available = q.shape[0] - 1 if g is None else g.shape[0]

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from ._inputs import as_embeddings, as_labels, as_positive_int
+from ..ops._checks import check_int
+from ._inputs import as_embeddings, as_labels
 from .knn import check_metric, iter_knn_chunks, prepare, resolve_gpu
 
 
@@ -113,7 +114,7 @@ def _check_ks(ks, gallery_size: int):
         ks = (ks,)
     if not isinstance(ks, (tuple, list)) or len(ks) == 0:
         raise TypeError(f"ks must be a non-empty tuple or list of ints, got {ks!r}")
-    ks = tuple(as_positive_int("ks", k) for k in ks)
+    ks = tuple(check_int("ks", k) for k in ks)
     if max(ks) > gallery_size:
         raise ValueError(f"ks contains k={max(ks)}, larger than the gallery ({gallery_size} samples per query)")
     return ks
@@ -128,7 +129,7 @@ def _reranked_chunks(q, g, k, metric, params, chunk_size):
     dist = kreciprocal_rerank(query, gallery, **params).numpy()
     if g is None:
         np.fill_diagonal(dist, np.inf)
-    step = 4096 if chunk_size is None else as_positive_int("chunk_size", chunk_size)
+    step = 4096 if chunk_size is None else check_int("chunk_size", chunk_size)
     for start in range(0, dist.shape[0], step):
         yield start, None, np.argsort(dist[start:start + step], axis=1, kind="stable")[:, :k]
 
@@ -161,8 +162,8 @@ def _nmi(x: np.ndarray, labels: np.ndarray, seed: int, n_init: int, niter: int, 
     if n_clusters == 1:
         return float(normalized_mutual_info_score(labels, np.zeros_like(labels)))
     kmeans = faiss.Kmeans(
-        x.shape[1], n_clusters, niter=as_positive_int("kmeans_niter", niter),
-        nredo=as_positive_int("kmeans_n_init", n_init), seed=int(seed), verbose=False,
+        x.shape[1], n_clusters, niter=check_int("kmeans_niter", niter),
+        nredo=check_int("kmeans_n_init", n_init), seed=int(seed), verbose=False,
         min_points_per_centroid=1,  # only silences faiss's "please provide more points" warning
         gpu=gpu,
     )

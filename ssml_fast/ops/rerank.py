@@ -29,14 +29,6 @@ def _rerank_gpu_algorithm_topk_fake(distances, indices, num_query, k1, k2, lambd
     return _rerank_topk_fake(distances, indices, num_query, k1, k2, lambda_value)
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
 def _check_finite(name: str, t: torch.Tensor) -> None:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -86,8 +78,8 @@ def kreciprocal_rerank(
     exp may round differently on the device, which can also reorder near-equal neighbours).
     """
     _checks.check_choice("mode", mode, RERANK_MODES)
-    k1 = _check_int("k1", k1, 1)
-    k2 = _check_int("k2", k2, 1)
+    k1 = _checks.check_int("k1", k1, 1)
+    k2 = _checks.check_int("k2", k2, 1)
     if k2 > k1:
         raise ValueError(f"k2 must be <= k1, got k2={k2} > k1={k1}")
     if isinstance(lambda_value, bool) or not isinstance(lambda_value, (int, float)):
@@ -110,7 +102,7 @@ def kreciprocal_rerank(
                 raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
             _checks.check_same_device("indices", indices, distances.device)
             n, K = distances.shape
-            num_query = _check_int("num_query", num_query, 0) if num_query is not None else None
+            num_query = _checks.check_int("num_query", num_query, 0) if num_query is not None else None
             if num_query is None:
                 raise ValueError("num_query (the number of query rows, which come first) is required with top-K lists")
             if num_query > n:
@@ -149,7 +141,7 @@ def topk_neighbors(features: torch.Tensor, k: int, use_faiss: bool | None = None
     """
     _checks.check_embeddings("features", features)
     n = features.shape[0]
-    k = _check_int("k", k, 1)
+    k = _checks.check_int("k", k, 1)
     if k > n:
         raise ValueError(f"k must be <= N = {n}, got {k}")
     _check_finite("features", features)

@@ -6,7 +6,8 @@ from typing import Iterator, List, Optional
 import torch
 from torch.utils.data import Sampler
 
-from ._random import EpochRandom, check_positive_int
+from ..ops._checks import check_int
+from ._random import EpochRandom
 
 
 class AnchorBatchSampler(Sampler[List[int]]):
@@ -28,15 +29,15 @@ class AnchorBatchSampler(Sampler[List[int]]):
         seed: Optional[int],
         generator: Optional[torch.Generator],
     ):
-        self.num_samples = check_positive_int("num_samples", num_samples)
-        self.anchors_per_batch = check_positive_int("anchors_per_batch", anchors_per_batch)
-        self.k = check_positive_int("k", k)
+        self.num_samples = check_int("num_samples", num_samples)
+        self.anchors_per_batch = check_int("anchors_per_batch", anchors_per_batch)
+        self.k = check_int("k", k)
         if self.k >= self.num_samples:
             raise ValueError(f"k={self.k} neighbours need more than num_samples={self.num_samples} samples")
         self.batch_size = self.anchors_per_batch * (self.k + 1)
         if num_batches is None:
             num_batches = max(1, self.num_samples // self.batch_size)
-        self.num_batches = check_positive_int("num_batches", num_batches)
+        self.num_batches = check_int("num_batches", num_batches)
         self._rng = EpochRandom(seed, generator)
 
     def __len__(self) -> int:

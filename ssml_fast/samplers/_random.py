@@ -40,11 +40,3 @@ class EpochRandom:
             gen = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         self.epoch += 1
         return gen
-
-
-def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)

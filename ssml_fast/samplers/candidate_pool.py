@@ -8,7 +8,7 @@ import torch
 from ..evaluation._inputs import as_embeddings
 from ..evaluation.knn import check_metric, knn_search, prepare
 from ._anchors import AnchorBatchSampler
-from ._random import check_positive_int
+from ..ops._checks import check_int
 
 
 class CandidatePoolSampler(AnchorBatchSampler):
@@ -47,7 +47,7 @@ class CandidatePoolSampler(AnchorBatchSampler):
         use_gpu: Optional[bool] = None,
     ):
         super().__init__(num_samples, anchors_per_batch, k, num_batches, seed, generator)
-        self.pool_size = check_positive_int("pool_size", pool_size)
+        self.pool_size = check_int("pool_size", pool_size)
         if self.pool_size < self.k:
             raise ValueError(f"pool_size={self.pool_size} must be >= k={self.k}")
         if self.pool_size >= self.num_samples:

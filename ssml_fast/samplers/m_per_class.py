@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ._random import EpochRandom, check_positive_int
+from ..ops._checks import check_int
+from ._random import EpochRandom
 
 
 def _as_label_tensor(labels) -> torch.Tensor:
@@ -64,16 +65,16 @@ class MPerClassSampler(Sampler[List[int]]):
         generator: Optional[torch.Generator] = None,
     ):
         labels = _as_label_tensor(labels)
-        self.m = check_positive_int("m", m)
+        self.m = check_int("m", m)
         if (batch_size is None) == (classes_per_batch is None):
             raise ValueError("give exactly one of batch_size and classes_per_batch")
         if batch_size is not None:
-            batch_size = check_positive_int("batch_size", batch_size)
+            batch_size = check_int("batch_size", batch_size)
             if batch_size % self.m:
                 raise ValueError(f"batch_size={batch_size} must be a multiple of m={self.m}")
             self.classes_per_batch = batch_size // self.m
         else:
-            self.classes_per_batch = check_positive_int("classes_per_batch", classes_per_batch)
+            self.classes_per_batch = check_int("classes_per_batch", classes_per_batch)
         self.batch_size = self.classes_per_batch * self.m
         self.classes, self._class_of, self._counts = torch.unique(labels, return_inverse=True, return_counts=True)
         if len(self.classes) < self.classes_per_batch:
