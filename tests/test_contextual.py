@@ -234,3 +234,21 @@ def test_cuda_matches_cpu():
     emb = dyadic(64, levels=9).cuda()
     torch.testing.assert_close(contextual_similarity(emb, 7).cpu(), contextual_similarity(emb.cpu(), 7), atol=1e-6,
                                rtol=0)
+
+
+@pytest.mark.parametrize("k", [10, 64])
+def test_n_4096(k):
+    """The issue's largest size, against the vectorised reference (set sizes as a float32 GEMM: exact counts)."""
+    n = 4096
+    emb = torch.randn(n, 24, generator=torch.Generator().manual_seed(11))
+    got = contextual_similarity(emb, k, return_parts=True)
+    t = torch.nn.functional.normalize(emb.double())
+    d2 = (t.pow(2).sum(1, keepdim=True) + t.pow(2).sum(1) - 2 * t @ t.T).clamp_min(0)
+    d2.fill_diagonal_(-1)  # self first
+    nn = torch.from_numpy(d2.numpy().argsort(axis=1, kind="stable")[:, :k])
+    inn = torch.zeros(n, n, dtype=torch.bool).scatter_(1, nn, True)
+    v = (inn & inn.T).float()
+    w_tilde = (v * (v @ v.T)).double() / v.double().sum(1, keepdim=True)
+    w_hat = w_tilde[nn[:, : max(1, round(k / 2))]].mean(1)
+    torch.testing.assert_close(got.w_c.double(), (w_hat + w_hat.T) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.w_p.double(), torch.exp(-d2.clamp_min(0) / 3.0), atol=1e-5, rtol=0)
