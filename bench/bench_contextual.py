@@ -8,12 +8,11 @@ Run: .venv/bin/python -m pytest bench/bench_contextual.py --benchmark-enable -s
 The 240 x 1024 x 240 similarity GEMM is the floor all three share; it is timed alongside.
 """
 import os
-import statistics
-import time
 
 import pytest
 import torch
 
+from _round_robin import round_robin_medians
 from contextual_workloads import dense_torch, make_inputs, make_workload, row_loop
 from ssml_fast.ops import contextual_similarity
 
@@ -43,16 +42,7 @@ def test_alternating_ratio(threads):
         torch.testing.assert_close(other(emb, 10, ids=ids), ours, atol=1e-5, rtol=0)
     fns = {name: make_workload(name) for name in IMPLS}
     fns["gemm_floor"] = lambda: emb @ emb.T
-    times = {name: [] for name in fns}
-    for _ in range(3):
-        for fn in fns.values():
-            fn()
-    for _ in range(40):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med = {k: v * 1e3 for k, v in round_robin_medians(fns, 40, warmup=3).items()}
     print(f"\ncontextual similarity n=240 k=10 d=1024, {threads} thread(s): "
           + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
           + f"; dense / ssml = {med['dense'] / med['ssml']:.2f}x,"

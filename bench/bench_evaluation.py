@@ -10,14 +10,13 @@ k="max_bin_count": its default k=None searches all N - 1 neighbours (a 50,000 x 
 SSML_BENCH_NMI=0 leaves NMI out of both (neighbour search + metrics only).
 """
 import os
-import statistics
-import time
 
 import faiss
 import numpy as np
 import pytest
 import torch
 
+from _round_robin import round_robin_medians
 from ssml_fast.evaluation import retrieval_metrics
 
 SIZES = [10_000, 50_000]
@@ -63,13 +62,6 @@ def test_evaluation(benchmark, impl, n):
 @pytest.mark.parametrize("n", SIZES)
 def test_alternating_ratio(n):
     ours, pml = make_run("ssml", n), make_run("pml", n)
-    ours(), pml()  # warm-up (and a check that both run)
-    times = {"ssml": [], "pml": []}
-    for _ in range(3):
-        for name, fn in (("ssml", ours), ("pml", pml)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = round_robin_medians({"ssml": ours, "pml": pml}, 3)  # the warm-up round also checks both run
     print(f"\nN={n} D={D} nmi={WITH_NMI} {threads()}: ssml {med['ssml']:.2f} s, PML {med['pml']:.2f} s, "
           f"PML/ssml = {med['pml'] / med['ssml']:.2f}x")

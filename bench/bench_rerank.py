@@ -9,13 +9,12 @@ path, and top-K lists from faiss).
 d = 128, k1 = 20, k2 = 6, lambda = 0.3, queries = N // 6. Quote ratios: the machine may be shared.
 """
 import os
-import statistics
-import time
 
 import numpy as np
 import pytest
 import torch
 
+from _round_robin import round_robin_medians
 from _rss_peak import peak_extra_mb_in_child
 from rerank_workloads import make_data, make_workload, numpy_rerank
 from ssml_fast.ops import kreciprocal_rerank
@@ -50,16 +49,10 @@ def test_rerank(benchmark, impl, n):
 @pytest.mark.parametrize("n,rounds", [(2_000, 5), (10_000, 2)])
 def test_alternating_ratio(n, rounds):
     x, q = make_data(n)
-    times = {"ssml": [], "numpy": []}
     ours = kreciprocal_rerank(x[:q], x[q:]).numpy()
     ref = numpy_rerank(x[:q], x[q:])
     assert np.abs(ours - ref).max() < 1e-5
-    for _ in range(rounds):
-        for name, fn in (("ssml", lambda: kreciprocal_rerank(x[:q], x[q:])),
-                         ("numpy", lambda: numpy_rerank(x[:q], x[q:]))):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = round_robin_medians({"ssml": lambda: kreciprocal_rerank(x[:q], x[q:]),
+                               "numpy": lambda: numpy_rerank(x[:q], x[q:])}, rounds, warmup=0)
     print(f"\nre-ranking N={n} (q={q}, d=128, {torch.get_num_threads()} threads): "
           f"ssml {med['ssml']:.3f} s, numpy {med['numpy']:.3f} s, numpy / ssml = {med['numpy'] / med['ssml']:.1f}x")

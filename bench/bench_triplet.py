@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from _round_robin import round_robin_medians
 from _rss_peak import peak_extra_mb_in_child
 from triplet_workloads import make_workload
 
@@ -40,26 +41,11 @@ def test_triplet(benchmark, impl, B):
 def test_alternating_ratios(B, rounds):
     """The issue's targets as ratios, with every implementation run round-robin in one process (SPEC 9:
     on this 2-core machine consecutive runs of one case drift with other load). Prints medians."""
-    import statistics
-    import time
-
     runs = {k: make_workload(k, B) for k in ["ssml_all", "ssml_hard", "plain_pxk_all", "cdist_floor", "pml_hard"]}
-    pml_all = make_workload("pml_all", B)
-    for f in [*runs.values(), pml_all]:
-        f()
-    times = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, f in runs.items():
-            t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    pml_times = []
-    for _ in range(3):  # about a second each: a few rounds, each between two of ours
-        t = time.perf_counter()
-        pml_all()
-        pml_times.append(time.perf_counter() - t)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    med["pml_all"] = statistics.median(pml_times) * 1e3
+    med = round_robin_medians(runs, rounds)
+    # PML batch-all takes about a second a call: a few rounds of its own.
+    med.update(round_robin_medians({"pml_all": make_workload("pml_all", B)}, 3))
+    med = {k: v * 1e3 for k, v in med.items()}
     print(f"\nB={B}, D=128, 4 per class, {torch.get_num_threads()} threads, medians (ms): "
           + ", ".join(f"{k} {v:.1f}" for k, v in med.items()))
     print(f"batch-all: {med['pml_all'] / med['ssml_all']:.0f}x faster than PML, "
