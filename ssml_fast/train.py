@@ -1,7 +1,6 @@
 """A minimal supervised training loop: batches from a batch sampler, one loss, NaN-guarded, checkpointed."""
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -73,6 +72,4 @@ def train_epochs(
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, {**(checkpoint_extra or {}), "epoch": epoch, "model": model.state_dict(),
                                               "optimizer": optimizer.state_dict(), "history": history})
-        if math.isnan(row["loss"]):
-            break
     return history
