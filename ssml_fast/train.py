@@ -50,7 +50,8 @@ def train_epochs(
         if hasattr(batch_sampler, "set_epoch"):
             batch_sampler.set_epoch(epoch)
         model.train()
-        start, total, steps, active = time.perf_counter(), 0.0, 0, 0
+        # Sums stay on the device: the finite-loss check is the only host sync per step.
+        start, total, steps, active = time.perf_counter(), torch.zeros(()), 0, torch.zeros((), dtype=torch.long)
         for idx in batch_sampler:
             idx = torch.as_tensor(idx, dtype=torch.long)
             x = images[idx]
@@ -63,10 +64,11 @@ def train_epochs(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item()
+            total = total.to(loss.device) + loss.detach()
             steps += 1
-            active += int(getattr(loss_fn, "num_active", 0))
-        row = dict(epoch=epoch, loss=total / max(steps, 1), active=active, seconds=time.perf_counter() - start)
+            active = active.to(loss.device) + getattr(loss_fn, "num_active", 0)
+        row = dict(epoch=epoch, loss=float(total) / max(steps, 1), active=int(active),
+                   seconds=time.perf_counter() - start)
         history.append(row)
         log(f"epoch {epoch:3d}  loss {row['loss']:.4f}  active triplets {active:7d}  {row['seconds']:.1f}s")
         if checkpoint_path is not None:
