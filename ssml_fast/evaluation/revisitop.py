@@ -92,6 +92,18 @@ def _query_scores(row: np.ndarray, ok: np.ndarray, junk: np.ndarray, interpolati
     return ap, mp
 
 
+def _check_kappas(kappas) -> tuple:
+    """A sequence of ints >= 1 (Python or numpy integers); a float such as 2.7 is rejected, not truncated."""
+    if isinstance(kappas, (str, bytes)) or not isinstance(kappas, (Sequence, np.ndarray)):
+        raise TypeError(f"kappas must be a sequence of ints, got {type(kappas).__name__}")
+    for k in kappas:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"kappas must hold ints, got {k!r} ({type(k).__name__})")
+        if k < 1:
+            raise ValueError(f"kappas must be >= 1, got {k}")
+    return tuple(int(k) for k in kappas)
+
+
 def revisitop_map(
     ranks,
     gnd: Sequence[Mapping],
@@ -129,9 +141,7 @@ def revisitop_map(
             raise ValueError(f"protocols must be drawn from {PROTOCOLS}; got {p!r}")
     if interpolation not in _AP_KINDS:
         raise ValueError(f"interpolation must be one of {_AP_KINDS}; got {interpolation!r}")
-    kappas = tuple(int(k) for k in kappas)
-    if any(k < 1 for k in kappas):
-        raise ValueError(f"kappas must be positive, got {kappas}")
+    kappas = _check_kappas(kappas)
     ranks = _as_ranks(ranks, len(gnd))
     out: Dict[str, float] = {}
     per_query: Dict[str, np.ndarray] = {}

@@ -5,6 +5,8 @@ similarity matrix, never as Python lists, so a loss is a handful of masked reduc
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .. import ops
@@ -27,32 +29,43 @@ def label_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None, self_ref:
 
 def _check_indices(name, idx, size, device):
     _checks.check_tensor(name, idx)
-    if idx.dim() != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
+    if idx.dim() != 1 or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
         raise ValueError(f"{name} must be a 1-D integer tensor, got {idx.dtype} of shape {tuple(idx.shape)}")
     idx = idx.to(device).long()
+    # Negative indices would wrap around and silently pick rows from the end.
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
-        raise ValueError(f"{name} has indices outside [0, {size})")
+        raise ValueError(f"{name} has indices outside [0, {size}): got range [{int(idx.min())}, {int(idx.max())}]")
     return idx
+
+
+def check_indices_tuple(indices_tuple, B: int, R: int, device) -> tuple:
+    """The one validation of a mined indices_tuple, shared by every loss: (a, p, n) or (a1, p, a2, n) of
+    1-D integer tensors, anchors in [0, B), positives / negatives in [0, R), matching lengths.
+    Returns the same arity as int64 tensors on `device`."""
+    if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
+        raise ValueError("indices_tuple must be (anchors, positives, negatives) or (a1, p, a2, n)")
+    if len(indices_tuple) == 3:
+        sizes = (B, R, R)
+    else:
+        sizes = (B, R, B, R)
+    out = tuple(_check_indices(f"indices_tuple[{i}]", t, size, device)
+                for i, (t, size) in enumerate(zip(indices_tuple, sizes)))
+    if len(out) == 3:
+        if not out[0].numel() == out[1].numel() == out[2].numel():
+            raise ValueError("indices_tuple tensors (a, p, n) must have the same length")
+    elif out[0].numel() != out[1].numel() or out[2].numel() != out[3].numel():
+        raise ValueError("indices_tuple: a1/p and a2/n must have matching lengths")
+    return out
 
 
 def as_pairs(indices_tuple, B: int, R: int, device):
     """indices_tuple (a, p, n) or (a1, p, a2, n) -> (a1, p, a2, n) as int64, checked against B and R.
     Triplets become pairs the way PML converts them: (a, p) and (a, n), duplicates kept."""
-    if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
-        raise ValueError("indices_tuple must be (anchors, positives, negatives) or (a1, p, a2, n)")
-    if len(indices_tuple) == 3:
-        a, p, n = indices_tuple
-        a = _check_indices("indices_tuple[0]", a, B, device)
-        p = _check_indices("indices_tuple[1]", p, R, device)
-        n = _check_indices("indices_tuple[2]", n, R, device)
-        if not a.numel() == p.numel() == n.numel():
-            raise ValueError("indices_tuple tensors (a, p, n) must have the same length")
+    t = check_indices_tuple(indices_tuple, B, R, device)
+    if len(t) == 3:
+        a, p, n = t
         return a, p, a, n
-    a1, p, a2, n = (_check_indices(f"indices_tuple[{i}]", t, B if i % 2 == 0 else R, device)
-                    for i, t in enumerate(indices_tuple))
-    if a1.numel() != p.numel() or a2.numel() != n.numel():
-        raise ValueError("indices_tuple: a1/p and a2/n must have matching lengths")
-    return a1, p, a2, n
+    return t
 
 
 def pair_counts(idx_rows, idx_cols, B, R, dtype, device):
@@ -71,16 +84,20 @@ def pair_weights(labels, ref_labels, indices_tuple, B, R, self_ref, dtype, devic
     return pos.to(dtype), neg.to(dtype)
 
 
-def sample_weights(indices_tuple, B, dtype, device):
+def sample_weights(indices_tuple, B, dtype, device, R=None):
     """Per-sample weight from how often it occurs in indices_tuple, count / max count (PML's
-    convert_to_weights); all ones without an indices_tuple (or an empty one)."""
+    convert_to_weights); all ones without an indices_tuple (or an empty one).
+    R: the reference size when the positives / negatives index a separate ref_emb (R rows); then only the
+    anchors index the embeddings and only they are counted. R=None: the batch is its own reference and
+    every index counts, as in PML."""
     if indices_tuple is None:
         return torch.ones(B, dtype=dtype, device=device)
-    as_pairs(indices_tuple, B, B, device)  # validation only: a triplet's anchor counts once
-    if all(len(t) == 0 for t in indices_tuple):
+    t = check_indices_tuple(indices_tuple, B, B if R is None else R, device)
+    if R is not None:
+        t = t[0::2] if len(t) == 4 else t[:1]
+    if all(len(x) == 0 for x in t):
         return torch.ones(B, dtype=dtype, device=device)
-    idx = torch.cat([t.to(device).long() for t in indices_tuple])
-    counts = torch.bincount(idx, minlength=B)[:B].to(dtype)
+    counts = torch.bincount(torch.cat(t), minlength=B).to(dtype)
     return counts / counts.max()
 
 
@@ -111,16 +128,29 @@ def masked_logsumexp(x: torch.Tensor, w: torch.Tensor, dim: int = 1, empty: floa
 
 
 def zero_loss(*tensors: torch.Tensor) -> torch.Tensor:
-    """A 0-d zero connected to the inputs' graphs, so backward gives zero gradients, not None."""
+    """A 0-d zero connected to the inputs' graphs, so backward gives zero gradients, not None.
+    Built from an empty slice, so it stays exactly 0 (and the gradients exactly 0) even when an input
+    holds NaN or inf, where `t.sum() * 0` would be NaN. float32 for half-precision inputs."""
+    ts = [t for t in tensors if t is not None]
+    dtype = _checks.compute_dtype(ts[0])
     out = None
-    for t in tensors:
-        if t is not None and t.requires_grad:
-            z = t.sum() * 0
+    for t in ts:
+        if t.requires_grad:
+            z = t.reshape(-1)[:0].sum().to(dtype)
             out = z if out is None else out + z
     if out is None:
-        t = next(t for t in tensors if t is not None)
-        out = torch.zeros((), dtype=_checks.compute_dtype(t), device=t.device)
+        out = torch.zeros((), dtype=dtype, device=ts[0].device)
     return out
+
+
+def autocast_off(t: torch.Tensor):
+    """A context with autocast disabled on t's device type: the losses and miners compute in the inputs'
+    own precision (float32 for half inputs, see _checks.compute_dtype), as torch's own losses do under AMP;
+    B x R distance and similarity matrices in bfloat16 would lose the differences the losses rank by."""
+    kind = t.device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.autocast(kind, enabled=False)
+    return contextlib.nullcontext()
 
 
 def check_positive(name, value) -> float:

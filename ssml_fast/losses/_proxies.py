@@ -9,6 +9,8 @@ from .base import MetricLoss
 
 
 class ProxyLoss(MetricLoss):
+    supports_ref_emb = False
+
     def __init__(self, num_classes: int, embedding_size: int):
         super().__init__()
         for name, v in (("num_classes", num_classes), ("embedding_size", embedding_size)):
@@ -19,9 +21,10 @@ class ProxyLoss(MetricLoss):
         self.num_classes, self.embedding_size = num_classes, embedding_size
         self.proxies = nn.Parameter(torch.empty(num_classes, embedding_size))
 
+    def _no_ref_emb_message(self):
+        return f"{type(self).__name__} compares against its proxies; ref_emb is not supported"
+
     def _check(self, embeddings, labels, ref_emb):
-        if ref_emb is not None:
-            raise ValueError(f"{type(self).__name__} compares against its proxies; ref_emb is not supported")
         if labels is None:
             raise ValueError(f"{type(self).__name__} needs labels")
         if embeddings.shape[1] != self.embedding_size:

@@ -20,6 +20,8 @@ class HistogramLoss(MetricLoss):
     Call: loss(embeddings (B, D), labels (B,), indices_tuple=None); ref_emb is not supported.
     """
 
+    supports_ref_emb = False
+
     def __init__(self, n_bins: int = 100):
         super().__init__()
         if isinstance(n_bins, bool) or not isinstance(n_bins, int):
@@ -30,8 +32,6 @@ class HistogramLoss(MetricLoss):
         self.delta = 2.0 / n_bins
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        if ref_emb is not None:
-            raise ValueError("HistogramLoss does not support ref_emb")
         B = embeddings.shape[0]
         s = _pairs.similarity(embeddings, None, "cosine")
         if indices_tuple is None:

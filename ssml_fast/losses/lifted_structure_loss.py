@@ -35,11 +35,16 @@ class LiftedStructureLoss(MetricLoss):
         self.distance = _checks.check_choice("distance", distance, ops.DISTANCES)
         self.generalized = bool(generalized)
 
+    @property
+    def supports_ref_emb(self):
+        return self.generalized
+
+    def _no_ref_emb_message(self):
+        return "LiftedStructureLoss: ref_emb is only supported with generalized=True"
+
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         B = embeddings.shape[0]
         R = B if ref_emb is None else ref_emb.shape[0]
-        if ref_emb is not None and not self.generalized:
-            raise ValueError("ref_emb is only supported with generalized=True")
         d = _pairs.distance(embeddings, ref_emb, self.distance)
         pos_w, neg_w = _pairs.pair_weights(labels, ref_labels, indices_tuple, B, R, ref_emb is None,
                                            d.dtype, d.device)

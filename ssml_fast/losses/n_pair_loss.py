@@ -25,14 +25,14 @@ class NPairLoss(MetricLoss):
     Call: loss(embeddings (B, D), labels (B,), indices_tuple=None); ref_emb is not supported.
     """
 
+    supports_ref_emb = False
+
     def __init__(self, pairs: str = "one_per_class", similarity: str = "cosine"):
         super().__init__()
         self.pairs = _checks.check_choice("pairs", pairs, PAIRS)
         self.similarity = _checks.check_choice("similarity", similarity, _pairs.SIMILARITIES)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        if ref_emb is not None:
-            raise ValueError("NPairLoss does not support ref_emb")
         B = embeddings.shape[0]
         if self.pairs == "all":
             s = _pairs.similarity(embeddings, None, self.similarity)

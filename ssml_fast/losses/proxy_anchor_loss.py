@@ -26,8 +26,6 @@ class ProxyAnchorLoss(ProxyLoss):
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         x, proxies = self._check(embeddings, labels, ref_emb)
-        if x.shape[0] == 0:
-            return _pairs.zero_loss(embeddings, self.proxies)
         s = _pairs.similarity(x, proxies, "cosine")  # (B, C)
         w = _pairs.sample_weights(indices_tuple, x.shape[0], s.dtype, s.device)[:, None] - 1
         pos_mask = F.one_hot(labels, self.num_classes).to(s.dtype)

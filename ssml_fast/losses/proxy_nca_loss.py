@@ -31,8 +31,6 @@ class ProxyNCALoss(ProxyLoss):
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         x, proxies = self._check(embeddings, labels, ref_emb)
-        if x.shape[0] == 0:
-            return _pairs.zero_loss(embeddings, self.proxies)
         if self.distance == "sqeuclidean":
             d = _pairs.distance(F.normalize(x, dim=1), F.normalize(proxies, dim=1), "sqeuclidean")
         else:

@@ -47,9 +47,10 @@ class RelaxedContrastiveLoss(nn.Module):
             raise ValueError("weights must lie in [0, 1]")
         if n < 2:
             return _pairs.zero_loss(embeddings)
-        d = relative_distance(embeddings)
-        w = weights.detach().to(d.dtype)
-        off = ~torch.eye(n, dtype=torch.bool, device=d.device)
-        pull = w * d.square()
-        push = (1 - w) * torch.relu(self.delta - d).square()
-        return ((pull + push) * off).sum() / n
+        with _pairs.autocast_off(embeddings):
+            d = relative_distance(embeddings)
+            w = weights.detach().to(d.dtype)
+            off = ~torch.eye(n, dtype=torch.bool, device=d.device)
+            pull = w * d.square()
+            push = (1 - w) * torch.relu(self.delta - d).square()
+            return ((pull + push) * off).sum() / n

@@ -34,9 +34,10 @@ class SelfDistillationKL(nn.Module):
             raise ValueError(f"teacher has {teacher.shape[0]} rows but student has {n}")
         if n < (3 if self.exclude_self else 2):
             return _pairs.zero_loss(student)
-        with torch.no_grad():
-            dg = relative_distance(teacher.detach())
-        return self.from_distances(relative_distance(student), dg)
+        with _pairs.autocast_off(student):
+            with torch.no_grad():
+                dg = relative_distance(teacher.detach())
+            return self.from_distances(relative_distance(student), dg)
 
     def from_distances(self, student_dist: torch.Tensor, teacher_dist: torch.Tensor) -> torch.Tensor:
         """The same loss from precomputed (n, n) distance matrices (e.g. other normalisations);
@@ -51,8 +52,12 @@ class SelfDistillationKL(nn.Module):
         n = student_dist.shape[0]
         if n < (3 if self.exclude_self else 2):
             return _pairs.zero_loss(student_dist)
+        with _pairs.autocast_off(student_dist):
+            return self._kl(student_dist, teacher_dist, n)
+
+    def _kl(self, student_dist, teacher_dist, n):
         t = self.temperature
-        lf = -student_dist / t
+        lf = -student_dist.to(_checks.compute_dtype(student_dist)) / t
         lg = -teacher_dist.detach().to(lf.dtype) / t
         if self.exclude_self:
             eye = torch.eye(n, dtype=torch.bool, device=lf.device)

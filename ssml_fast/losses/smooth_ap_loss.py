@@ -19,7 +19,11 @@ class SmoothAPLoss(MetricLoss):
     contiguous or equally sized.
     Cost: the positives of each query are gathered into a (B, K) block (K = largest positive count) and
     compared against all R references: O(B * K * R) time and memory, no loop over queries or pairs.
-    With indices_tuple, each query's term is weighted by PML's miner weight (count / max count).
+    With indices_tuple, the pairs come from it instead of the labels: query q ranks against its mined pairs
+    only, P = {p : (q, p) mined as positive}, N = {n : (q, n) mined as negative}, each counted once (as the
+    mask-based losses do); with ref_emb this is
+    how CrossBatchMemory removes the query's own copy from the reference. (PML's SmoothAPLoss ignores
+    indices_tuple and supports neither ref_emb nor unequal classes.)
     Call: loss(embeddings (B, D), labels (B,), indices_tuple=None, ref_emb=None (R, D), ref_labels=None).
     """
 
@@ -34,7 +38,11 @@ class SmoothAPLoss(MetricLoss):
         B = embeddings.shape[0]
         s = _pairs.similarity(embeddings, ref_emb, "cosine")  # (B, R)
         R = s.shape[1]
-        pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
+        if indices_tuple is None:
+            pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
+        else:
+            pos_w, neg_w = _pairs.pair_weights(None, None, indices_tuple, B, R, ref_emb is None, s.dtype, s.device)
+            pos, neg = pos_w > 0, neg_w > 0
         valid = pos | neg
         if self.include_query and ref_emb is None:
             pos.fill_diagonal_(True)
@@ -54,6 +62,5 @@ class SmoothAPLoss(MetricLoss):
         rank_pos = 1 + (g * pos[:, None, :]).sum(dim=2)
         ap = ((rank_pos / rank_all) * slot_ok).sum(dim=1) / n_pos.clamp_min(1)
         has = n_pos > 0
-        w = _pairs.sample_weights(indices_tuple, B, s.dtype, s.device)
-        per_query = (1 - ap) * w * has
+        per_query = torch.where(has, 1 - ap, 0.0)
         return per_query.sum() / has.sum().clamp_min(1)

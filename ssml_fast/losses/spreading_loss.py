@@ -38,9 +38,10 @@ class SpreadingLoss(nn.Module):
         B = embeddings.shape[0]
         if B == 0:
             return _pairs.zero_loss(embeddings, augmented)
-        y = F.normalize(torch.cat([embeddings, augmented]).to(dtype), dim=1)
-        logits = (y @ y.detach().T) / self.temperature  # (2B, 2B); the detached side: anchor rows only
-        return _SpreadingFromLogits.apply(logits, B)
+        with _pairs.autocast_off(embeddings):
+            y = F.normalize(torch.cat([embeddings, augmented]).to(dtype), dim=1)
+            logits = (y @ y.detach().T) / self.temperature  # (2B, 2B); the detached side: anchor rows only
+            return _SpreadingFromLogits.apply(logits, B)
 
 
 class _SpreadingFromLogits(torch.autograd.Function):

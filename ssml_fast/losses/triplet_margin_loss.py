@@ -5,6 +5,7 @@ import torch
 
 from .. import ops
 from ..ops import _checks
+from . import _pairs
 from .base import MetricLoss
 
 
@@ -30,6 +31,12 @@ class TripletMarginLoss(MetricLoss):
         self.num_active = torch.zeros((), dtype=torch.long)
         self.num_triplets = torch.zeros((), dtype=torch.long)
 
+    def empty_loss(self, embeddings, ref_emb):
+        device = embeddings.device
+        self.num_active = torch.zeros((), dtype=torch.long, device=device)
+        self.num_triplets = torch.zeros((), dtype=torch.long, device=device)
+        return super().empty_loss(embeddings, ref_emb)
+
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         if indices_tuple is not None:
             return self._given_triplets(embeddings, indices_tuple, ref_emb)
@@ -43,16 +50,19 @@ class TripletMarginLoss(MetricLoss):
     def _given_triplets(self, embeddings, indices_tuple, ref_emb):
         if len(indices_tuple) != 3:
             raise ValueError(f"indices_tuple must be (anchors, positives, negatives), got {len(indices_tuple)} tensors")
-        a, p, n = (t.to(embeddings.device).long() for t in indices_tuple)
+        a, p, n = indices_tuple  # validated by MetricLoss.forward: int64, in range
         dist = ops.pairwise_distance(embeddings, ref_emb, self.distance)
         v = dist[a, p] - dist[a, n] + self.margin
         losses = torch.nn.functional.softplus(v) if self.soft else torch.relu(v)
         active = losses > 0
         self.num_active, self.num_triplets = active.sum(), torch.tensor(losses.numel(), device=losses.device)
         if losses.numel() == 0:
-            return dist.sum() * 0
+            return _pairs.zero_loss(embeddings, ref_emb)
         if self.reduction == "sum":
             return losses.sum()
         if self.reduction == "mean":
             return losses.mean()
-        return losses[active].mean() if bool(active.any()) else losses.sum() * 0
+        # PML's AvgNonZeroReducer: the sum of all losses over the active count. A NaN loss is not "> 0",
+        # but it stays in the sum, so a NaN distance gives a NaN loss instead of silently dropping out.
+        n_active = self.num_active
+        return torch.where(n_active > 0, losses.sum() / n_active.clamp_min(1), losses.sum() * 0)

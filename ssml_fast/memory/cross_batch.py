@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..losses import TripletMarginLoss
+from ..losses import TripletMarginLoss, _pairs
 from ..ops import _checks
 from .queue import FeatureQueue, check_size
 
@@ -110,13 +110,15 @@ class CrossBatchMemory(nn.Module):
             raise ValueError(f"embeddings are on {embeddings.device} but the memory is on {self.queue.embeddings.device}")
 
         ref_emb, ref_labels = self.reference(embeddings, labels, ids)
-        if self.miner is not None:
-            indices = remove_self_pairs(self.miner(embeddings, labels, ref_emb, ref_labels))
-            value = self.loss(embeddings, labels, indices, ref_emb, ref_labels)
-        elif isinstance(self.loss, TripletMarginLoss):
-            value = triplet_excluding_diagonal(self.loss, embeddings, labels, ref_emb, ref_labels)
-        else:
-            value = self.loss(embeddings, labels, all_pairs_without_self(labels, ref_labels), ref_emb, ref_labels)
+        # Autocast off: the losses compute in float32 anyway, and the raw triplet op below has no autocast rule.
+        with _pairs.autocast_off(embeddings):
+            if self.miner is not None:
+                indices = remove_self_pairs(self.miner(embeddings, labels, ref_emb, ref_labels))
+                value = self.loss(embeddings, labels, indices, ref_emb, ref_labels)
+            elif isinstance(self.loss, TripletMarginLoss):
+                value = triplet_excluding_diagonal(self.loss, embeddings, labels, ref_emb, ref_labels)
+            else:
+                value = self.loss(embeddings, labels, all_pairs_without_self(labels, ref_labels), ref_emb, ref_labels)
         self.queue.enqueue(embeddings.detach(), labels, ids)
         return value
 

@@ -4,21 +4,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..losses import _pairs
 from ..ops import _checks
 
 
 class BaseMiner(nn.Module):
-    """Returns int64 index tensors: triplets (a, p, n) or pairs (a1, p, a2, n); a / a1 / a2 index the
-    embeddings, p / n the reference set (the embeddings themselves unless ref_emb is given). Mining runs
-    without gradient; feed the result to a loss as `indices_tuple`. Subclasses implement `mine`, which
-    receives ref_emb / ref_labels as None in the self-reference case (then a sample never pairs with itself).
+    """Returns int64 index tensors: triplets (a, p, n) or pairs (a1, p, a2, n) (`tuple_size` 3 or 4);
+    a / a1 / a2 index the embeddings, p / n the reference set (the embeddings themselves unless ref_emb is
+    given). Mining runs without gradient and with autocast disabled (in float32 for half inputs); feed the
+    result to a loss as `indices_tuple`. An empty batch or reference gives `tuple_size` empty int64
+    tensors on the embeddings' device. Subclasses implement `mine`, which receives B, R >= 1 and
+    ref_emb / ref_labels as None in the self-reference case (then a sample never pairs with itself).
     """
+
+    tuple_size = 3
 
     def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
         _checks.check_embeddings("embeddings", embeddings)
         ref_emb, ref_labels = _checks.resolve_reference(embeddings, labels, ref_emb, ref_labels)
         labels = _checks.check_labels("labels", labels, embeddings.shape[0], embeddings.device)
-        with torch.no_grad():
+        if embeddings.shape[0] == 0 or (ref_emb is not None and ref_emb.shape[0] == 0):
+            return empty_tuple(self.tuple_size, embeddings.device)
+        with torch.no_grad(), _pairs.autocast_off(embeddings):
             return self.mine(embeddings.detach(), labels, None if ref_emb is None else ref_emb.detach(),
                              ref_labels)
 

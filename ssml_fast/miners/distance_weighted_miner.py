@@ -19,6 +19,8 @@ class DistanceWeightedMiner(BaseMiner):
     Randomness comes from torch's global generator (pass `generator` for reproducibility).
     The negative distribution per anchor is PML's DistanceWeightedMiner's (PML draws n_p random
     positives per anchor instead of enumerating them). O(B * R) memory.
+    NaN distances are mined, not skipped: an anchor with NaN negative distances draws uniformly among those
+    negatives, so the NaN reaches the loss (a NaN distance has no density weight).
     """
 
     def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
@@ -41,6 +43,8 @@ class DistanceWeightedMiner(BaseMiner):
         log_w = log_w.masked_fill(~ok, -torch.inf)
         m = log_w.amax(dim=1, keepdim=True)
         w = torch.exp(log_w - torch.where(torch.isfinite(m), m, torch.zeros_like(m)))
+        nan_neg = neg & d.isnan()
+        w = torch.where(nan_neg.any(dim=1, keepdim=True), nan_neg.to(w.dtype), w)
         return w / w.sum(dim=1, keepdim=True).clamp_min(1e-30)
 
     def mine(self, embeddings, labels, ref_emb, ref_labels):

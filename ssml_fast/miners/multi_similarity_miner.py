@@ -12,7 +12,11 @@ class MultiSimilarityMiner(BaseMiner):
     """Pairs (a1, p, a2, n) on the similarity s: a positive (a, p) is kept when s_ap - epsilon <
     max over a's negatives of s_an; a negative (a, n) when s_an + epsilon > min over a's positives of
     s_ap. Same pairs as PML's MultiSimilarityMiner (PML orders them by similarity within each anchor,
-    we by index). similarity: "cosine" (default) | "dot". O(B * R) memory."""
+    we by index). similarity: "cosine" (default) | "dot". O(B * R) memory.
+    A NaN similarity (a NaN embedding) is mined, not skipped: the pair is kept when its own similarity or the
+    anchor's max negative / min positive is NaN, so the NaN reaches the loss."""
+
+    tuple_size = 4
 
     def __init__(self, epsilon: float = 0.1, similarity: str = "cosine"):
         super().__init__()
@@ -24,6 +28,6 @@ class MultiSimilarityMiner(BaseMiner):
         pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
         max_neg = s.masked_fill(~neg, -torch.inf).amax(dim=1, keepdim=True)
         min_pos = s.masked_fill(~pos, torch.inf).amin(dim=1, keepdim=True)
-        a1, p = torch.where(pos & (s - self.epsilon < max_neg))
-        a2, n = torch.where(neg & (s + self.epsilon > min_pos))
+        a1, p = torch.where(pos & ((s - self.epsilon < max_neg) | s.isnan() | max_neg.isnan()))
+        a2, n = torch.where(neg & ((s + self.epsilon > min_pos) | s.isnan() | min_pos.isnan()))
         return a1, p, a2, n

@@ -20,6 +20,10 @@ class SemiHardMiner(BaseMiner):
     mode="nearest" (FaceNet, Schroff et al. 2015): per positive pair the nearest semi-hard negative, when
       one exists inside the margin; sorted rows + searchsorted, O(B R log R + #pos pairs * R).
     distance: "euclidean" | "sqeuclidean" | "cosine".
+    NaN distances are mined, not skipped (a comparison with NaN is false, which would hide a NaN embedding
+    from the loss): mode="all" keeps every triplet whose d(a, p) or d(a, n) is NaN; mode="nearest" gives a
+    pair whose d(a, p) is NaN, or whose anchor has a NaN negative distance, that (first) NaN negative, else
+    the nearest negative.
     """
 
     def __init__(self, margin: float = 0.2, distance: str = "euclidean", mode: str = "all"):
@@ -37,12 +41,21 @@ class SemiHardMiner(BaseMiner):
         d_ap = d[a, p]
         if self.mode == "all":
             rows = d[a]  # (P, R)
-            ok = neg[a] & (rows > d_ap[:, None]) & (rows <= d_ap[:, None] + self.margin)
+            ok = neg[a] & (((rows > d_ap[:, None]) & (rows <= d_ap[:, None] + self.margin))
+                           | rows.isnan() | d_ap.isnan()[:, None])
             k, n = torch.where(ok)
             return a[k], p[k], n
         neg_sorted, neg_idx = d.masked_fill(~neg, torch.inf).sort(dim=1, stable=True)  # ties -> lowest index
         j = torch.searchsorted(neg_sorted[a].contiguous(), d_ap[:, None].contiguous(), right=True).squeeze(1)
         j = j.clamp_max(d.shape[1] - 1)
         d_an = neg_sorted[a, j]
-        ok = (d_an > d_ap) & (d_an <= d_ap + self.margin) & torch.isfinite(d_an)
-        return a[ok], p[ok], neg_idx[a, j][ok]
+        ok = (d_an > d_ap) & (d_an <= d_ap + self.margin) & ~d_an.isinf()
+        n = neg_idx[a, j]
+        nan_neg = neg & d.isnan()
+        nan_row = nan_neg.any(dim=1)
+        nan_pair = (d_ap.isnan() | nan_row[a]) & neg.any(dim=1)[a]
+        if bool(nan_pair.any()):
+            first_nan = nan_neg.to(torch.uint8).argmax(dim=1)
+            n = torch.where(nan_pair, torch.where(nan_row[a], first_nan[a], neg_idx[a, 0]), n)
+            ok |= nan_pair
+        return a[ok], p[ok], n[ok]
