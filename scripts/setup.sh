@@ -31,7 +31,7 @@ if [ "$(cat "$STAMPS/deps" 2>/dev/null)" != "$deps_key" ]; then
   pip_log="$STAMPS/pip.log"
   # shellcheck disable=SC2086
   if ! { "$PY" -m pip install -q --upgrade pip && "$PY" -m pip install -q $TORCH_SPEC &&
-         "$PY" -m pip install -q numpy faiss-cpu scikit-learn adamp \
+         "$PY" -m pip install -q numpy faiss-cpu scikit-learn adamp mlxtend matplotlib tqdm pyyaml tensorboard \
            pytest hypothesis pytest-benchmark "pytorch-metric-learning==2.9.*" \
            "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja; } > "$pip_log" 2>&1; then
     tail -n 40 "$pip_log" >&2

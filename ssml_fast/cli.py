@@ -1,13 +1,19 @@
-"""`ssml-fast` command line. `ssml-fast train` on the bundled digits is the main job."""
+"""`ssml-fast` command line: train | eval | compare | info. `ssml-fast compare` is the main job.
+
+Every command checks its arguments, builds its configs, data and networks before any training starts,
+and reports a bad argument as one line naming it (exit status 2), never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
+
+class UsageError(Exception):
+    """A bad argument, config, file or dataset: printed as `error: ...` with exit status 2."""
 
 
 def _metrics_line(m: dict) -> str:
@@ -15,80 +21,167 @@ def _metrics_line(m: dict) -> str:
     return "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from . import losses, samplers
-    from .data.digits import load_digits_split, random_shift
-    from .evaluation import retrieval_metrics
-    from .models import SmallCNN
-    from .train import embed, train_epochs
+def _int_list(text: str, arg: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise UsageError(f"{arg} expects integers separated by commas, got {text!r}") from None
 
-    if args.dataset != "digits":
-        print(f"error: dataset {args.dataset!r} is not available yet (only 'digits')", file=sys.stderr)
-        return 2
-    torch.manual_seed(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = load_digits_split(args.train_classes)
-    print(f"digits: {len(data.train_labels)} train images (classes {sorted(set(data.train_labels.tolist()))}), "
-          f"{len(data.test_labels)} test images (classes {sorted(set(data.test_labels.tolist()))}, unseen)")
-    model_config = {"embedding_dim": args.embedding_dim}
-    model = SmallCNN(**model_config)
-    loss_fn = losses.TripletMarginLoss(margin=args.margin, mining=args.mining, distance=args.distance)
-    sampler = samplers.MPerClassSampler(data.train_labels, m=args.m, batch_size=args.batch_size, seed=args.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    gen = torch.Generator().manual_seed(args.seed)
 
-    def evaluate() -> dict:
-        return retrieval_metrics(embed(model, data.test_images), data.test_labels, ks=(1, 2, 4, 8), metric="cosine")
+def _checked(fn, *args, **kw):
+    """Runs a preparation step, turning the user-facing errors it raises into UsageError."""
+    from .config import ConfigError
 
-    before = evaluate()
-    print(f"before training: {_metrics_line(before)}")
-    out = Path(args.out)
-    start = time.perf_counter()
-    history = train_epochs(model, loss_fn, data.train_images, data.train_labels, sampler, optimizer, args.epochs,
-                           augment=lambda x: random_shift(x, 1, gen), checkpoint_path=out / "checkpoint.pt",
-                           checkpoint_extra={"dataset": "digits", "model_config": model_config,
-                                             "train_classes": list(args.train_classes)})
-    after = evaluate()
-    print(f"after training:  {_metrics_line(after)}")
-    print(f"Recall@1 on unseen classes: {before['recall@1']:.4f} -> {after['recall@1']:.4f} "
-          f"({time.perf_counter() - start:.1f}s of training, {torch.get_num_threads()} threads)")
-    summary = {"args": vars(args), "before": before, "after": after, "history": history}
+    try:
+        return fn(*args, **kw)
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        raise UsageError(str(e)) from None
+
+
+# ---- train ---------------------------------------------------------------------------------------
+def _train_setup(args):
+    from .config import load_yaml, parse_set
+    from .compare import default_preset
+    from .data import load_dataset
+    from .methods import get_method, make_config
+    from .train import RunConfig, data_info
+
+    cls = _checked(get_method, args.method)
+    overrides = []
+    if args.config:
+        overrides.append((f"--config {args.config}", _checked(load_yaml, args.config)))
+    if args.set:
+        overrides.append(("--set", _checked(parse_set, args.set)))
+    if args.epochs is not None:
+        overrides.append(("--epochs", {"epochs": args.epochs}))
+    preset = args.preset or default_preset(args.dataset)
+    config = _checked(make_config, args.method, preset, overrides)
+    train_classes = tuple(_int_list(args.train_classes, "--train-classes")) if args.train_classes else None
+    run = _checked(RunConfig, dataset=args.dataset, train_classes=train_classes, val_mode=args.val_mode,
+                   seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
+                   select=args.select, quiet=args.quiet)
+    out = Path(args.out or f"runs/{args.method}-{args.dataset}")
+    return cls, config, run, preset, out
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    cls, config, run, preset, out = _train_setup(args)
+    if args.print_config:
+        from .config import to_yaml
+
+        print(f"# method {cls.name}, preset {preset}\n" + to_yaml(config) + "# run\n" + to_yaml(run), end="")
+        return 0
+    from .data import load_dataset
+    from .train import NonFiniteLossError, Trainer, TrainingInterrupted, data_info
+
+    if args.resume and not (out / "last.pt").is_file():
+        raise UsageError(f"--resume: no checkpoint at {out / 'last.pt'} (train without --resume first, "
+                         "or pass the same --out)")
+    split = _checked(load_dataset, run.dataset, run.train_classes, val_mode=run.val_mode,
+                     val_fraction=run.val_fraction, seed=run.seed)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    torch.manual_seed(run.seed)
+    method = _checked(cls, config, data_info(split))
+    record = {"method_config": asdict(config), "run_config": asdict(run), "model_info": asdict(data_info(split))}
+    trainer = _checked(Trainer, method, split, run, out, config_record=record)
+    if not run.quiet:
+        print(split.describe())
+        print(f"method {cls.name} (preset {preset}), {config.epochs} epochs, out {out}/")
+    try:
+        result = trainer.fit(resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except TrainingInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 130
+    print(f"test (unseen classes {split.test_classes}): {_metrics_line(result['test'])}")
+    if result["val"]:
+        print(f"val  (held-out, training classes):  {_metrics_line(result['val'])}")
+    summary = {"method": cls.name, "preset": preset, "config": asdict(config), "run": asdict(run),
+               **{k: result[k] for k in ("val", "test", "best", "train_seconds", "history")}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"checkpoint and summary in {out}/")
+    print(f"checkpoint {out / 'last.pt'}, logs and summary.json in {out}/")
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
-    from .data.digits import load_digits_split
+# ---- eval ----------------------------------------------------------------------------------------
+def load_trained(path: Path):
+    """(method, split, checkpoint dict) from a checkpoint written by `ssml-fast train` / `compare`."""
+    from .data import load_dataset
+    from .methods import get_method, make_config
+    from .train import data_info, load_checkpoint
+
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist (train one with `ssml-fast train`)")
+    try:
+        state = load_checkpoint(path)
+    except Exception as e:  # empty, text, random or truncated files, pickles with foreign objects
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path} is not a readable ssml-fast checkpoint ({type(e).__name__}: {first[:160]})") from None
+    needed = ("method_name", "method_config", "run_config", "method")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        raise UsageError(f"{path} is not a checkpoint written by `ssml-fast train` (missing "
+                         f"{[k for k in needed if not isinstance(state, dict) or k not in state]})")
+    run = state["run_config"]
+    cls = _checked(get_method, state["method_name"])
+    config = _checked(make_config, state["method_name"], None, [("checkpoint", state["method_config"])])
+    split = _checked(load_dataset, run["dataset"], run["train_classes"], val_mode=run["val_mode"],
+                     val_fraction=run["val_fraction"], seed=run["seed"])
+    method = cls(config, data_info(split))
+    try:
+        method.load_state_dict(state["method"])
+    except RuntimeError as e:
+        raise UsageError(f"{path}: the weights do not fit method {cls.name!r} ({str(e).splitlines()[0]})") from None
+    return method, split, state
+
+
+def cmd_eval(args) -> int:
     from .evaluation import retrieval_metrics
-    from .models import SmallCNN
-    from .train import embed
+    from .train import embed_images, resolve_device
 
     path = Path(args.checkpoint)
-    if not path.exists():
-        print(f"error: checkpoint {path} does not exist (train one with `ssml-fast train`)", file=sys.stderr)
-        return 2
-    state = load_checkpoint(path)
-    if state.get("dataset") != "digits" or "model_config" not in state:
-        print(f"error: {path} is not a digits checkpoint written by `ssml-fast train`", file=sys.stderr)
-        return 2
-    model = SmallCNN(**state["model_config"])
-    model.load_state_dict(state["model"])
-    data = load_digits_split(state["train_classes"])
-    emb = embed(model, data.test_images)
-    print(f"{path} (epoch {state['epoch']}), {len(data.test_labels)} test images of unseen classes")
-    print(f"{args.metric:>9}: {_metrics_line(retrieval_metrics(emb, data.test_labels, metric=args.metric))}")
+    method, split, state = load_trained(path)
+    device = resolve_device("auto")
+    method.to(device)
+    emb = embed_images(method.embed, method, split.test_images, device)
+    metric = args.metric or method.eval_metric
+    pos = state.get("position", {})
+    print(f"{path}: method {method.name}, epoch {pos.get('epoch', '?')}; {len(split.test_labels)} test images "
+          f"of unseen classes {split.test_classes}")
+    print(f"{metric:>9}: {_metrics_line(retrieval_metrics(emb, split.test_labels, metric=metric))}")
     if args.rerank:
         rerank = {"k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value}
-        reranked = retrieval_metrics(emb, data.test_labels, metric=args.metric, nmi=False, rerank=rerank)
+        reranked = _checked(retrieval_metrics, emb, split.test_labels, metric=metric, nmi=False, rerank=rerank)
         print(f" reranked: {_metrics_line(reranked)}  (k-reciprocal, k1={args.k1}, k2={args.k2}, "
               f"lambda={args.lambda_value})")
     return 0
 
 
-def cmd_info(_args: argparse.Namespace) -> int:
+# ---- compare -------------------------------------------------------------------------------------
+def cmd_compare(args) -> int:
+    from .compare import check_methods, prepare_runs, run_compare
+    from .data import load_dataset
+
+    methods = _checked(check_methods, args.methods.split(",")) if args.methods else None
+    seeds = _int_list(args.seeds, "--seeds")
+    if not seeds:
+        raise UsageError("--seeds is empty")
+    train_classes = _int_list(args.train_classes, "--train-classes") if args.train_classes else None
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    # Everything that can be wrong is checked here, before the first method trains.
+    _checked(prepare_runs, args.dataset, check_methods(methods), epochs=args.epochs, preset=args.preset)
+    _checked(load_dataset, args.dataset, train_classes)
+    _checked(run_compare, args.dataset, methods, train_classes=train_classes, epochs=args.epochs, seeds=seeds,
+             preset=args.preset, out=args.out, device=args.device, threads=args.threads, quiet=args.quiet)
+    return 0
+
+
+def cmd_info(_args) -> int:
     import ssml_fast
 
     print(json.dumps({k: v for k, v in ssml_fast.build_info().items() if k != "parallel_info"}, indent=2))
@@ -96,35 +189,51 @@ def cmd_info(_args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssml-fast", description=__doc__)
+    p = argparse.ArgumentParser(prog="ssml-fast", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train an embedding with the fused triplet loss and report retrieval metrics")
-    t.add_argument("--dataset", default="digits", help="'digits' (bundled with scikit-learn; default)")
-    t.add_argument("--train-classes", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                   help="digit classes used for training; the others are the unseen test classes")
-    t.add_argument("--mining", default="all", choices=["all", "hard", "semihard"])
-    t.add_argument("--distance", default="euclidean", choices=["euclidean", "sqeuclidean", "cosine"])
-    t.add_argument("--margin", type=float, default=0.2)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=80)
-    t.add_argument("--m", type=int, default=16, help="samples per class in a batch (P x K sampling)")
-    t.add_argument("--embedding-dim", type=int, default=64)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t = sub.add_parser("train", help="train one method; test on the unseen classes")
+    t.add_argument("--method", default="supervised", help="supervised | spreading | simclr | ... (default supervised)")
+    t.add_argument("--dataset", default="mnist5k", help="mnist5k (default) | digits")
+    t.add_argument("--config", help="YAML file of config overrides")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable "
+                   "(e.g. --set lr=3e-4 --set loss=multi_similarity --set loss_kwargs.alpha=2)")
+    t.add_argument("--preset", help="official | small (default: small on mnist5k/digits)")
+    t.add_argument("--epochs", type=int, help="shortcut for --set epochs=N")
+    t.add_argument("--train-classes", help="comma-separated training classes (default 0,1,2,3,4)")
+    t.add_argument("--val-mode", default="samples", help="samples | classes | none (validation from training classes)")
+    t.add_argument("--select", default="last", help="last | best: model used for the test evaluation")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--amp", default="off", help="off | bf16 | fp16")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    t.add_argument("--out", default="runs/digits-triplet", help="where the checkpoint and summary go")
+    t.add_argument("--out", help="run directory (default runs/<method>-<dataset>)")
+    t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint from `ssml-fast train` on its unseen test classes")
-    e.add_argument("checkpoint", nargs="?", default="runs/digits-triplet/checkpoint.pt")
-    e.add_argument("--metric", default="cosine", choices=["euclidean", "cosine"])
+    e = sub.add_parser("eval", help="evaluate a checkpoint on its unseen test classes")
+    e.add_argument("checkpoint")
+    e.add_argument("--metric", choices=["euclidean", "cosine"], help="default: the method's own")
     e.add_argument("--rerank", action="store_true", help="also rank by k-reciprocal re-ranked distance")
     e.add_argument("--k1", type=int, default=20)
     e.add_argument("--k2", type=int, default=6)
     e.add_argument("--lambda-value", type=float, default=0.3)
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("compare", help="the main job: every method + baselines on one split, one table")
+    c.add_argument("--dataset", default="mnist5k")
+    c.add_argument("--methods", help="comma-separated (default: every registered method)")
+    c.add_argument("--train-classes", help="comma-separated training classes (default 0,1,2,3,4)")
+    c.add_argument("--epochs", type=int, help="override every method's epochs")
+    c.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    c.add_argument("--preset", help="official | small (default: small on mnist5k/digits)")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--out", default="runs/compare")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compare)
 
     i = sub.add_parser("info", help="how the compiled core was built (CUDA, architectures, threads)")
     i.set_defaults(func=cmd_info)
@@ -133,7 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,5 +2,6 @@
 from .candidate_pool import CandidatePoolSampler
 from .m_per_class import MPerClassSampler
 from .nearest_neighbor import NearestNeighborBatchSampler
+from .random_batch import RandomBatchSampler
 
-__all__ = ["MPerClassSampler", "NearestNeighborBatchSampler", "CandidatePoolSampler"]
+__all__ = ["MPerClassSampler", "NearestNeighborBatchSampler", "CandidatePoolSampler", "RandomBatchSampler"]

@@ -1,0 +1,64 @@
+"""Losses and miners by name, for configs: `loss: multi_similarity` with `loss_kwargs: {alpha: 2}`."""
+from __future__ import annotations
+
+import inspect
+
+from .. import losses, miners
+
+LOSSES = {
+    "triplet": "TripletMarginLoss",
+    "contrastive": "ContrastiveLoss",
+    "multi_similarity": "MultiSimilarityLoss",
+    "ntxent": "NTXentLoss",
+    "lifted": "LiftedStructureLoss",
+    "npair": "NPairLoss",
+    "proxy_nca": "ProxyNCALoss",
+    "proxy_anchor": "ProxyAnchorLoss",
+    "smooth_ap": "SmoothAPLoss",
+    "histogram": "HistogramLoss",
+}
+MINERS = {
+    "batch_hard": "BatchHardMiner",
+    "semi_hard": "SemiHardMiner",
+    "multi_similarity": "MultiSimilarityMiner",
+    "distance_weighted": "DistanceWeightedMiner",
+}
+
+
+def _resolve(kind: str, module, table: dict, name: str):
+    cls_name = table.get(name, name)
+    cls = getattr(module, cls_name, None)
+    if not inspect.isclass(cls):
+        raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(sorted(table))} "
+                         f"(or a class name of ssml_fast.{module.__name__.rsplit('.', 1)[-1]})")
+    return cls
+
+
+def build_loss(name: str, kwargs: dict, *, num_classes: int, embedding_size: int):
+    """An instance of the named loss; proxy losses get num_classes / embedding_size filled in."""
+    cls = _resolve("loss", losses, LOSSES, name)
+    params = inspect.signature(cls).parameters
+    kwargs = dict(kwargs)
+    if "num_classes" in params:
+        kwargs.setdefault("num_classes", num_classes)
+    if "embedding_size" in params:
+        kwargs.setdefault("embedding_size", embedding_size)
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise ValueError(f"loss_kwargs: {cls.__name__} has no argument {unknown[0]!r}; "
+                         f"it takes {', '.join(p for p in params if p != 'self')}")
+    return cls(**kwargs)
+
+
+def build_miner(name, kwargs: dict):
+    if name is None:
+        if kwargs:
+            raise ValueError("miner_kwargs given without a miner")
+        return None
+    cls = _resolve("miner", miners, MINERS, name)
+    params = inspect.signature(cls).parameters
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise ValueError(f"miner_kwargs: {cls.__name__} has no argument {unknown[0]!r}; "
+                         f"it takes {', '.join(params)}")
+    return cls(**kwargs)

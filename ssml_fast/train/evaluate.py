@@ -1,0 +1,25 @@
+"""Embedding a set of images with a method's evaluation embedding, and retrieval metrics on it."""
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def embed_images(fn, module: torch.nn.Module, images: torch.Tensor, device, batch_size: int = 512) -> torch.Tensor:
+    """(N, C, H, W) -> (N, D) float32 on the CPU, via `fn` (e.g. method.embed) with `module` in eval mode;
+    the train/eval mode is restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        out = [fn(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    finally:
+        module.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def evaluate_method(method, images, labels, device, *, nmi: bool = True, ks=(1, 2, 4, 8)) -> dict:
+    """Recall@k, MAP@R, R-precision, precision@1 (and NMI) of method.embed on (images, labels)."""
+    from ..evaluation import retrieval_metrics
+
+    emb = embed_images(method.embed, method, images, device)
+    return retrieval_metrics(emb, labels, ks=ks, metric=method.eval_metric, nmi=nmi)
