@@ -87,7 +87,9 @@ class LossCase:
         if self.pml_shape:
             return loss(x, labels, indices_tuple, ref_emb, ref_labels)
         g = torch.Generator().manual_seed(seed)
-        return loss(x, *SPECIAL_LOSSES[self.cls.__name__](x.detach(), g))
+        # built from the float32 values for half inputs, so a bf16 run sees the same extra inputs
+        base = x.detach().float() if x.dtype in (torch.float16, torch.bfloat16) else x.detach()
+        return loss(x, *SPECIAL_LOSSES[self.cls.__name__](base, g))
 
     def supports_ref_emb(self, loss) -> bool:
         return self.pml_shape and bool(loss.supports_ref_emb)
