@@ -31,7 +31,8 @@ LOSS_VARIANTS = {
     "SmoothAPLoss": {"include_query": dict(include_query=True)},
 }
 MINER_VARIANTS = {
-    "SemiHardMiner": {"nearest": dict(mode="nearest")},
+    "SemiHardMiner": {"nearest": dict(mode="nearest"), "cosine": dict(distance="cosine"),
+                      "nearest_cosine": dict(mode="nearest", distance="cosine")},
     "BatchHardMiner": {"cosine": dict(distance="cosine")},
     "MultiSimilarityMiner": {"dot": dict(similarity="dot")},
 }
