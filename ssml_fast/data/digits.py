@@ -5,6 +5,7 @@ open-set protocol as CUB / Cars / SOP (train on some classes, retrieve among the
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,13 +20,23 @@ class DigitsSplit:
     test_labels: torch.Tensor   # (N_test,)
 
 
-def load_digits_split(train_classes: Sequence[int] = (0, 1, 2, 3, 4)) -> DigitsSplit:
-    """Train on `train_classes`, test on the other digits."""
+@functools.lru_cache(maxsize=1)
+def _decoded() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = torch.from_numpy(bunch.images).float().div_(16.0).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target).long()
+    return torch.from_numpy(bunch.images).float().div_(16.0).unsqueeze(1), torch.from_numpy(bunch.target).long()
+
+
+def load_digits_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """images (1797, 1, 8, 8) float32 in [0, 1] (pixel / 16) and labels (1797,) int64; fresh copies per call."""
+    images, labels = _decoded()
+    return images.clone(), labels.clone()
+
+
+def load_digits_split(train_classes: Sequence[int] = (0, 1, 2, 3, 4)) -> DigitsSplit:
+    """Train on `train_classes`, test on the other digits."""
+    images, labels = _decoded()
     train_classes = sorted(set(int(c) for c in train_classes))
     if not train_classes or any(c < 0 or c > 9 for c in train_classes) or len(train_classes) == 10:
         raise ValueError(f"train_classes must be a non-empty proper subset of 0..9, got {train_classes}")
