@@ -56,7 +56,8 @@ THROUGH_TRIPLET_KERNEL = {"TripletMarginLoss", "TripletMarginLoss[hard]", "Tripl
                           "TripletMarginLoss[hard_soft]", "TripletMarginLoss[cosine]"}
 THROUGH_DISTANCE_KERNEL = {"ContrastiveLoss", "ContrastiveLoss[hadsell]", "ContrastiveLoss[sqeuclidean]",
                            "LiftedStructureLoss", "LiftedStructureLoss[generalized]", "ProxyNCALoss",
-                           "ProxyNCALoss[exclude_positive]", "RelaxedContrastiveLoss", "SelfDistillationKL"}
+                           "ProxyNCALoss[exclude_positive]", "RelaxedContrastiveLoss", "SelfDistillationKL",
+                           "STMLLoss"}
 
 
 def _marked(cases):

@@ -38,10 +38,20 @@ def _check_indices(name, idx, size, device):
     return idx
 
 
+class _CheckedIndices(tuple):
+    """An indices_tuple already validated against (B, R) on a device: a second check is free (the range check
+    is a pass plus a host sync per tensor, and all-pairs tuples from CrossBatchMemory are B x R long)."""
+
+    key: tuple
+
+
 def check_indices_tuple(indices_tuple, B: int, R: int, device) -> tuple:
     """The one validation of a mined indices_tuple, shared by every loss: (a, p, n) or (a1, p, a2, n) of
     1-D integer tensors, anchors in [0, B), positives / negatives in [0, R), matching lengths.
     Returns the same arity as int64 tensors on `device`."""
+    key = (B, R, torch.device(device))
+    if isinstance(indices_tuple, _CheckedIndices) and indices_tuple.key == key:
+        return indices_tuple
     if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
         raise ValueError("indices_tuple must be (anchors, positives, negatives) or (a1, p, a2, n)")
     if len(indices_tuple) == 3:
@@ -55,6 +65,8 @@ def check_indices_tuple(indices_tuple, B: int, R: int, device) -> tuple:
             raise ValueError("indices_tuple tensors (a, p, n) must have the same length")
     elif out[0].numel() != out[1].numel() or out[2].numel() != out[3].numel():
         raise ValueError("indices_tuple: a1/p and a2/n must have matching lengths")
+    out = _CheckedIndices(out)
+    out.key = key
     return out
 
 
