@@ -19,7 +19,7 @@ def split():
 
 
 def _method(name, split, **overrides):
-    overrides = {"batch_size": 64, "epochs": 2, **overrides}
+    overrides = {"batch_size": 60, "epochs": 2, **overrides}
     cfg = make_config(name, "small", [("test", overrides)])
     torch.manual_seed(0)
     return get_method(name)(cfg, data_info(split))
@@ -35,6 +35,7 @@ def test_one_step_changes_parameters_and_gives_finite_loss(name, split):
     before = {k: v.clone() for k, v in m.state_dict().items()}
     t = Trainer(m, split, RunConfig(seed=0, quiet=True, eval_every=0))
     sampler = m.batch_sampler(m.stages()[0], t.ctx)
+    m.on_epoch_start(0, sampler, t.ctx)
     idx = torch.as_tensor(next(iter(sampler)))
     from ssml_fast.methods import Batch
 

@@ -16,10 +16,12 @@ from .relaxed_contrastive_loss import RelaxedContrastiveLoss, relative_distance
 from .self_distillation_kl import SelfDistillationKL
 from .smooth_ap_loss import SmoothAPLoss
 from .spreading_loss import SpreadingLoss
+from .stml_loss import STMLLoss
 
 __all__ = ["MetricLoss", "TripletMarginLoss"]
 __all__ += [
     "ContrastiveLoss", "HistogramLoss", "InfoNCE", "InsCLRContrastiveLoss", "LiftedStructureLoss",
     "MultiSimilarityLoss", "NPairLoss", "NTXentLoss", "ProxyAnchorLoss", "ProxyNCALoss",
-    "RelaxedContrastiveLoss", "SelfDistillationKL", "SmoothAPLoss", "SpreadingLoss", "relative_distance",
+    "RelaxedContrastiveLoss", "SelfDistillationKL", "SmoothAPLoss", "SpreadingLoss", "STMLLoss",
+    "relative_distance",
 ]

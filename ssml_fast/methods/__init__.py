@@ -5,9 +5,10 @@ from ..config import ConfigError, apply_overrides
 from .base import Batch, DataInfo, Method, MethodConfig, Stage, StepOutput
 from .simclr import SimCLR
 from .spreading import Spreading
+from .stml import STML
 from .supervised import Supervised
 
-METHODS: dict[str, type] = {m.name: m for m in (Supervised, Spreading, SimCLR)}
+METHODS: dict[str, type] = {m.name: m for m in (Supervised, Spreading, SimCLR, STML)}
 
 
 def register_method(cls: type) -> type:
@@ -42,5 +43,5 @@ def make_config(name: str, preset: str | None = None, overrides=(), ) -> MethodC
     return config
 
 
-__all__ = ["Batch", "DataInfo", "METHODS", "Method", "MethodConfig", "SimCLR", "Spreading", "Stage",
+__all__ = ["Batch", "DataInfo", "METHODS", "Method", "MethodConfig", "SimCLR", "STML", "Spreading", "Stage",
            "StepOutput", "Supervised", "available_methods", "get_method", "make_config", "register_method"]

@@ -143,8 +143,10 @@ class Method(nn.Module):
         self.augment = make_augment(config.augment)
 
     # --- building blocks shared by the methods ------------------------------------------------------
-    def build_trunk(self) -> nn.Module:
-        return build_trunk(self.config.backbone, self.data.image_shape, mean=self.data.mean, std=self.data.std)
+    def build_trunk(self, **kwargs) -> nn.Module:
+        """The config's backbone for this data (kwargs go to the trunk factory, e.g. pool="gap+gmp")."""
+        return build_trunk(self.config.backbone, self.data.image_shape, mean=self.data.mean, std=self.data.std,
+                           **kwargs)
 
     @staticmethod
     def build_head(kind: str, in_dim: int, out_dim: int, **kw) -> nn.Module:

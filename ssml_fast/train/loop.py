@@ -78,6 +78,7 @@ class _Context:
         self.stage_index = 0
         self.epoch = 0
         self.resuming = False   # True while a resumed stage is re-entered (methods keep their pools)
+        self.resume_step = 0    # steps of the current epoch already done before a resume
 
     def embed_train(self, fn=None, batch_size: int = 512) -> torch.Tensor:
         m = self._t.method
@@ -213,7 +214,9 @@ class Trainer:
         if hasattr(sampler, "set_epoch"):
             # Samplers replay epoch e from (seed, e); offset by stage so cycles do not repeat batches.
             sampler.set_epoch(s_idx * 100_003 + epoch)
+        ctx.resume_step = skip  # > 0: resuming inside this epoch (methods keep their saved batch tables)
         method.on_epoch_start(epoch, sampler, ctx)
+        ctx.resume_step = 0
         gen = ctx.generator("views")
         sums = {"loss": torch.zeros((), dtype=torch.float64)}
         counts = {"loss": 0}
