@@ -194,3 +194,13 @@ def test_bad_inputs_are_named():
         aug(torch.ones(2, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(TypeError, match="generator"):
         aug(torch.rand(2, 1, 8, 8), generator=0)
+
+
+def test_params_must_match_the_batch():
+    aug = make_augment("strong")
+    p = aug.sample((4, 1, 8, 8), _gen())
+    for bad in (torch.rand(3, 1, 8, 8), torch.rand(4, 2, 8, 8)):
+        with pytest.raises(ValueError, match="params"):
+            aug.apply(bad, p)
+    with pytest.raises(ValueError, match="shape"):
+        aug.sample((4, 8, 8), _gen())

@@ -146,6 +146,8 @@ class BatchAugment:
         affine part is on), then the noise, then the cutout corners; a disabled part draws nothing.
         """
         _check_generator(generator)
+        if len(shape) != 4 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in shape):
+            raise ValueError(f"shape must be (B, C, H, W) positive ints, got {tuple(shape)!r}")
         b, c, h, w = (int(v) for v in shape)
 
         theta = None
@@ -171,6 +173,13 @@ class BatchAugment:
     def apply(self, x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """Apply drawn `params` to x (B, C, H, W); the parameters are moved to x's device here."""
         _check_images(x)
+        b = x.shape[0]
+        if params.theta is not None and tuple(params.theta.shape) != (b, 2, 3):
+            raise ValueError(f"params.theta has shape {tuple(params.theta.shape)}, expected {(b, 2, 3)} for x")
+        if params.noise is not None and params.noise.shape != x.shape:
+            raise ValueError(f"params.noise has shape {tuple(params.noise.shape)}, expected x's {tuple(x.shape)}")
+        if params.cutout is not None and tuple(params.cutout.shape) != (b, 2):
+            raise ValueError(f"params.cutout has shape {tuple(params.cutout.shape)}, expected {(b, 2)} for x")
         out, dtype = x, x.dtype
         if dtype not in (torch.float32, torch.float64):
             out = out.float()  # grid_sample has no half kernel on the CPU
