@@ -222,3 +222,100 @@ def test_bad_config(kw, message):
 
     with pytest.raises(ConfigError, match=message):
         make_config("stml", "small", [("test", kw)])
+
+
+# ---- stml_memory ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["code", "thesis"])
+def test_memory_terms_with_empty_memory_equal_the_batch_loss(form):
+    gen = torch.Generator().manual_seed(3)
+    n = 12
+    f = torch.randn(n, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(n, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, 7, generator=gen, dtype=torch.float64)
+    ids = torch.arange(n // 2).repeat(2)
+    loss = STMLLoss(k=4, form=form)
+    a = loss(f, g, t, ids)
+    ga = torch.autograd.grad(a, (f, g))
+    empty = (f[:0].detach(), g[:0].detach(), t[:0], ids[:0])
+    b = loss.memory_terms(f, g, t, ids, *empty)
+    gb = torch.autograd.grad(b, (f, g))
+    torch.testing.assert_close(a, b)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y)
+
+
+def test_memory_terms_match_a_plain_reference():
+    """Rows of the batch against batch ∪ memory, written out with loops (code form)."""
+    gen = torch.Generator().manual_seed(5)
+    n, m, k = 8, 6, 4
+    f = torch.randn(n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(n, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, 5, generator=gen, dtype=torch.float64)
+    mf, mg, mt = (torch.randn(m, d, generator=gen, dtype=torch.float64) for d in (4, 5, 5))
+    ids, mids = torch.arange(n), torch.arange(n, n + m)
+    ours = STMLLoss(k=k).memory_terms(f, g, t, ids, mf, mg, mt, mids)
+    w = contextual_reference(torch.cat([t, mt]), k, 3.0, torch.cat([ids, mids]))[0][:n]
+    c = n + m
+
+    def rel(e, me):
+        cols = torch.cat([e, me])
+        d = torch.stack([torch.stack([((e[i] - cols[j]) ** 2).sum().clamp_min(1e-300).sqrt() if j != i
+                                      else e[i].sum() * 0 for j in range(c)]) for i in range(n)])
+        return d / d.mean(1, keepdim=True)
+
+    df, dg = rel(f, mf), rel(g, mg)
+    rc = lambda d: sum(w[i, j] * d[i, j] ** 2 + (1 - w[i, j]) * torch.relu(1 - d[i, j]) ** 2
+                       for i in range(n) for j in range(c) if j != i) / (n * (c - 1))
+    q, logp = torch.softmax(-dg.detach(), 1), torch.log_softmax(-df, 1)
+    kl = (q * (q.log() - logp)).sum() / n
+    ref = 0.5 * (rc(df) + rc(dg)) + kl
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.autograd.grad(ours, f)[0], torch.autograd.grad(ref, f)[0], rtol=1e-4, atol=1e-7)
+
+
+def _stml_memory(split, **kw):
+    cfg = make_config("stml_memory", "small", [("test", {"epochs": 1, "batch_size": 40, "memory_size": 200,
+                                                          "memory_warmup": 2, **kw})])
+    torch.manual_seed(0)
+    return get_method("stml_memory")(cfg, data_info(split))
+
+
+def test_memory_excludes_entries_sharing_an_id_with_the_batch(split):
+    m = _stml_memory(split)
+    m.steps_done.fill_(10)
+    ids_old = torch.tensor([1, 2, 3, 4])
+    m.memory.enqueue(torch.randn(4, sum(m._dims)), ids=ids_old)
+    f, g, t, mids = m._memory_for(torch.tensor([2, 4, 9, 9]))
+    assert mids.tolist() == [1, 3] and f.shape == (2, m.config.embedding_dim) and t.shape == (2, m.config.g_dim)
+    m.steps_done.fill_(1)
+    assert m._memory_for(torch.tensor([7])) is None  # still warming up
+
+
+def test_memory_is_used_after_warmup_and_resume_restores_it(split, tmp_path):
+    import os
+    import signal
+
+    from ssml_fast.train import TrainingInterrupted
+
+    straight = Trainer(_stml_memory(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "a")
+    res = straight.fit()
+    assert res["history"][-1]["memory_used"] > 0
+    t = Trainer(_stml_memory(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
+    calls = {"n": 0}
+    orig = t.method.after_step
+
+    def after_step(b, o):
+        orig(b, o)
+        calls["n"] += 1
+        if calls["n"] == 25:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    t.method.after_step = after_step
+    with pytest.raises(TrainingInterrupted):
+        t.fit()
+    resumed = Trainer(_stml_memory(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
+    resumed.fit(resume=True)
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert any(k.startswith("memory.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k], k

@@ -60,7 +60,11 @@ class STMLLoss(nn.Module):
         self.parts: STMLParts | None = None
 
     def forward(self, student_f: torch.Tensor, student_g: torch.Tensor, teacher_g: torch.Tensor,
-                ids: torch.Tensor) -> torch.Tensor:
+                ids: torch.Tensor, memory: "tuple | None" = None) -> torch.Tensor:
+        """memory: optional (mem_f (M, D_f), mem_g (M, D_g), mem_t (M, D_t), mem_ids (M,)) of past samples
+        (detached; see `memory_terms`). Without it (or with M = 0) this is the in-batch loss above."""
+        if memory is not None and memory[0].shape[0] > 0:
+            return self.memory_terms(student_f, student_g, teacher_g, ids, *memory)
         for name, t in (("student_f", student_f), ("student_g", student_g), ("teacher_g", teacher_g)):
             _checks.check_embeddings(name, t)
         n = student_f.shape[0]
@@ -84,3 +88,57 @@ class STMLLoss(nn.Module):
         total = 0.5 * (rc_f + rc_g) + kl
         self.parts = STMLParts(total.detach(), rc_f.detach(), rc_g.detach(), kl.detach(), w)
         return total
+
+    def memory_terms(self, student_f, student_g, teacher_g, ids, mem_f, mem_g, mem_t, mem_ids) -> torch.Tensor:
+        """The loss with C = N + M columns: the N batch rows against batch ∪ memory (thesis 6.2).
+
+        w = contextual_similarity over the C teacher embeddings [teacher_g; mem_t] with ids [ids; mem_ids],
+        rows of the batch (N, C). d^ = row-mean-normalised distance of each batch row to all C columns
+        (batch columns carry gradient, memory columns are constants), the mean over all C columns.
+        RC = sum_{i, j != i} [w d^^2 + (1 - w) [delta - d^]_+^2] / (N (C - 1)) ("code"; / N for "thesis");
+        KL over the C columns (j = i kept in the "code" form). With M = 0 this is exactly `forward`.
+        Memory rows sharing an id with a batch row must have been removed by the caller.
+        """
+        n, m = student_f.shape[0], mem_f.shape[0]
+        c = n + m
+        if self.k > c:
+            raise ValueError(f"k={self.k} exceeds the {c} rows of batch and memory")
+        t_all = torch.cat([teacher_g.detach(), mem_t.to(teacher_g.dtype)])
+        w = contextual_similarity(t_all, self.k, self.sigma, torch.cat([ids, mem_ids.to(ids.device)]))
+        w = w[:n].to(student_f.device)
+        self_col = torch.zeros(n, c, dtype=torch.bool, device=student_f.device)
+        self_col[torch.arange(n), torch.arange(n)] = True
+        d_f = _row_relative_distance(student_f, mem_f, self_col)
+        d_g = _row_relative_distance(student_g, mem_g, self_col)
+        rc_f, rc_g = self._rc_rect(d_f, w, self_col), self._rc_rect(d_g, w, self_col)
+        kl = self._kl_rect(d_f, d_g.detach(), self_col)
+        if self.form == "code":
+            rc_f, rc_g = rc_f / (c - 1), rc_g / (c - 1)
+            kl = kl * self.kl.temperature ** 2
+        total = 0.5 * (rc_f + rc_g) + kl
+        self.parts = STMLParts(total.detach(), rc_f.detach(), rc_g.detach(), kl.detach(), w)
+        return total
+
+    def _rc_rect(self, d, w, self_col):
+        w = w.to(d.dtype)
+        pull = w * d.square()
+        push = (1 - w) * torch.relu(self.rc.delta - d).square()
+        return torch.where(self_col, 0.0, pull + push).sum() / d.shape[0]
+
+    def _kl_rect(self, d_f, d_g, self_col):
+        t = self.kl.temperature
+        lf, lg = -d_f / t, -d_g / t
+        if self.form == "thesis":
+            lf, lg = lf.masked_fill(self_col, -torch.inf), lg.masked_fill(self_col, -torch.inf)
+        log_p, log_q = torch.log_softmax(lf, dim=1), torch.log_softmax(lg, dim=1)
+        q = log_q.exp()
+        return torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q)).sum() / d_f.shape[0]
+
+
+def _row_relative_distance(batch: torch.Tensor, memory: torch.Tensor, self_col: torch.Tensor) -> torch.Tensor:
+    """(N, N + M): ||b_i - c_j|| / (1/(N+M) sum_k ||b_i - c_k||), columns c = [batch; memory (detached)];
+    the self-distance is exactly 0. Float32 at least (half inputs are promoted)."""
+    dtype = _checks.compute_dtype(batch)
+    cols = torch.cat([batch, memory.detach().to(batch.dtype)]).to(dtype)
+    d = _pairs.distance(batch.to(dtype), cols, "euclidean").masked_fill(self_col, 0.0)
+    return d / d.mean(dim=1, keepdim=True).clamp_min(1e-12)

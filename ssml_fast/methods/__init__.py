@@ -6,9 +6,10 @@ from .base import Batch, DataInfo, Method, MethodConfig, Stage, StepOutput
 from .simclr import SimCLR
 from .spreading import Spreading
 from .stml import STML
+from .stml_memory import STMLMemory
 from .supervised import Supervised
 
-METHODS: dict[str, type] = {m.name: m for m in (Supervised, Spreading, SimCLR, STML)}
+METHODS: dict[str, type] = {m.name: m for m in (Supervised, Spreading, SimCLR, STML, STMLMemory)}
 
 
 def register_method(cls: type) -> type:
@@ -43,5 +44,5 @@ def make_config(name: str, preset: str | None = None, overrides=(), ) -> MethodC
     return config
 
 
-__all__ = ["Batch", "DataInfo", "METHODS", "Method", "MethodConfig", "SimCLR", "STML", "Spreading", "Stage",
+__all__ = ["Batch", "DataInfo", "METHODS", "Method", "MethodConfig", "SimCLR", "STML", "STMLMemory", "Spreading", "Stage",
            "StepOutput", "Supervised", "available_methods", "get_method", "make_config", "register_method"]

@@ -1,0 +1,92 @@
+"""STML with a memory of past embeddings (the thesis's suggestion, section 6.2; no reference code has it).
+
+STML learns from the soft targets of one batch: with 240 embeddings of ~50 images, each sample sees few
+hard negatives, and the contextual similarity sees only the neighbourhoods the batch happens to hold.
+This method keeps a FIFO memory (`ssml_fast.memory.FeatureQueue`) of the last `memory_size` embeddings
+of past batches, each stored as (teacher g, student f, student g, dataset id), and computes every term of
+the STML loss for the batch rows against batch ∪ memory columns (`STMLLoss.memory_terms`):
+
+- Teacher side: the contextual similarity runs over the N + M teacher embeddings (the fused op at
+  n = N + M), so the k-reciprocal neighbourhoods of a batch sample can be found among many more images.
+  Teacher embeddings are what the EMA teacher said when the entry was stored; the teacher moves slowly
+  (EMA), so they are the least stale part of an entry (the argument of MoCo / cross-batch memory).
+- Student side: relaxed contrastive and KL terms take each batch row against all C = N + M columns; the
+  memory columns are constants (detached), as in cross-batch memory (XBM): the batch is pulled towards
+  memory entries its targets say are similar and pushed from the others, so every step sees up to M more
+  negatives. The row-mean normalisation runs over all C columns.
+- Exclusions: memory entries whose id is in the current batch (the same image from an earlier step, an
+  older copy of a row) are dropped: they would be near-duplicates with stale features, turning the
+  self-pair into a spurious strongest positive.
+- Warm-up: the memory is filled from the first step but used only after `memory_warmup` steps, when the
+  student's features have stopped moving fast (XBM's observation that early features drift too much).
+  Before that, and with memory_size 0, the method is exactly `stml`.
+The loss is normalised by N (C - 1) in the "code" form, so its scale matches STML's at M = 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..memory import FeatureQueue
+from .base import Batch, DataInfo, StepOutput
+from .stml import STML, STMLConfig
+
+
+@dataclass
+class STMLMemoryConfig(STMLConfig):
+    memory_size: int = 4096     # past embeddings kept (per entry: teacher g, student f, student g, id)
+    memory_warmup: int = 1000   # optimiser steps before the memory is used
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0, got {self.memory_size}")
+        if self.memory_warmup < 0:
+            raise ValueError(f"memory_warmup must be >= 0, got {self.memory_warmup}")
+
+
+class STMLMemory(STML):
+    name: ClassVar[str] = "stml_memory"
+    Config: ClassVar[type] = STMLMemoryConfig
+    presets: ClassVar[dict] = {
+        "official": {},
+        "small": {**STML.presets["small"], "memory_size": 2048, "memory_warmup": 100},
+    }
+
+    def __init__(self, config: STMLMemoryConfig, data: DataInfo):
+        super().__init__(config, data)
+        self._dims = (config.g_dim, config.embedding_dim, config.g_dim)  # teacher g, student f, student g
+        self.memory = FeatureQueue(config.memory_size, sum(self._dims)) if config.memory_size else None
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self._pending = None
+
+    def _memory_for(self, ids: torch.Tensor):
+        if self.memory is None or len(self.memory) == 0 or int(self.steps_done) < self.config.memory_warmup:
+            return None
+        emb, _, mem_ids = self.memory.get()
+        keep = ~torch.isin(mem_ids, ids)
+        emb, mem_ids = emb[keep], mem_ids[keep]
+        t, f, g = emb.split(self._dims, dim=1)
+        return f, g, t, mem_ids
+
+    def training_step(self, batch: Batch) -> StepOutput:
+        x = torch.cat(batch.views)
+        ids = batch.index.repeat(len(batch.views))
+        with torch.no_grad():
+            t = self.teacher(x)
+        f, g = self._student(x)
+        memory = self._memory_for(ids)
+        loss = self.loss_fn(f, g, t, ids, memory)
+        p = self.loss_fn.parts
+        self._pending = (torch.cat([t, f.detach(), g.detach()], dim=1).float(), ids)
+        used = 0 if memory is None else memory[0].shape[0]
+        return StepOutput(loss, {"rc_f": p.rc_f, "rc_g": p.rc_g, "kl": p.kl, "memory_used": float(used)})
+
+    def after_step(self, batch: Batch, out: StepOutput) -> None:
+        if self.memory is not None and self._pending is not None:
+            emb, ids = self._pending
+            self.memory.enqueue(emb, ids=ids)
+        self._pending = None
+        self.steps_done += 1
