@@ -146,7 +146,7 @@ def test_whole_batch_in_one_grid_sample_call(monkeypatch):
     out = make_augment("strong")(x, _gen())
     elapsed = time.perf_counter() - start
     assert calls == [x.shape] and out.shape == x.shape
-    assert elapsed < 5.0  # 0.1-0.3 s measured (1 thread, loaded machine); generous for shared CI cores
+    assert elapsed < 5.0  # 0.33 s measured (1 thread, load 7 on 2 cores); generous for shared CI cores
 
 
 def test_params_are_drawn_on_cpu_and_only_for_enabled_parts():
