@@ -28,8 +28,7 @@ def assert_zero_with_zero_grads(out, *inputs):
 # ---------------------------------------------------------------- empty batches
 
 def _empty_batch_params():
-    known = {"STMLLoss": "STMLLoss checks k <= N before its N < 2 zero, so N = 0 raises 'k=... neighbours need "
-                         "a batch of at least k rows' instead of the connected zero (stml_loss.py, not yet fixed)"}
+    known = {}  # loss id -> reason, for a known gap marked xfail
     return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=False, reason=known[c.id])] if c.id in known
                          else []) for c in LOSS_CASES]
 

@@ -13,6 +13,7 @@ from .relaxed_contrastive_loss import RelaxedContrastiveLoss
 from .self_distillation_kl import SelfDistillationKL
 
 FORMS = ("code", "thesis")
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class STMLParts(NamedTuple):
@@ -63,8 +64,6 @@ class STMLLoss(nn.Module):
                 ids: torch.Tensor, memory: "tuple | None" = None) -> torch.Tensor:
         """memory: optional (mem_f (M, D_f), mem_g (M, D_g), mem_t (M, D_t), mem_ids (M,)) of past samples
         (detached; see `memory_terms`). Without it (or with M = 0) this is the in-batch loss above."""
-        if memory is not None and memory[0].shape[0] > 0:
-            return self.memory_terms(student_f, student_g, teacher_g, ids, *memory)
         for name, t in (("student_f", student_f), ("student_g", student_g), ("teacher_g", teacher_g)):
             _checks.check_embeddings(name, t)
         n = student_f.shape[0]
@@ -73,12 +72,21 @@ class STMLLoss(nn.Module):
                 raise ValueError(f"{name} has {t.shape[0]} rows but student_f has {n}")
             _checks.check_same_device(name, t, student_f.device)
         ids = _checks.check_labels("ids", ids, n, student_f.device)
-        if self.k > n:
-            raise ValueError(f"k={self.k} neighbours need a batch of at least k rows, got N={n}")
-        if n < 2:
+        if n < 2:  # nothing to contrast (also B = 0): a connected zero, before the k check
             z = _pairs.zero_loss(student_f, student_g)
             self.parts = STMLParts(z, z.detach(), z.detach(), z.detach(), student_f.new_ones(n, n))
             return z
+        with _pairs.autocast_off(student_f):
+            return self._forward(student_f.float() if student_f.dtype in _HALF else student_f,
+                                 student_g.float() if student_g.dtype in _HALF else student_g,
+                                 teacher_g, ids, memory)
+
+    def _forward(self, student_f, student_g, teacher_g, ids, memory):
+        n = student_f.shape[0]
+        if memory is not None and memory[0].shape[0] > 0:
+            return self.memory_terms(student_f, student_g, teacher_g, ids, *memory)
+        if self.k > n:
+            raise ValueError(f"k={self.k} neighbours need a batch of at least k rows, got N={n}")
         w = contextual_similarity(teacher_g.detach(), self.k, self.sigma, ids).to(student_f.device)
         rc_f, rc_g = self.rc(student_f, w), self.rc(student_g, w)
         kl = self.kl(student_f, student_g)
