@@ -278,6 +278,15 @@ class Trainer:
                                           f"step {step + 1}{where}", self.last_path)
         if bar is not None:
             bar.close()
+        # A finite loss can still be followed by an optimiser step into inf / NaN weights: never write
+        # such a state over the last good checkpoint.
+        bad = [n for n, t in method.state_dict().items() if torch.is_tensor(t) and t.is_floating_point()
+               and not bool(torch.isfinite(t).all())]
+        if bad:
+            kept = (f"the last good checkpoint {self.last_path} is kept"
+                    if self.last_path is not None and self.last_path.exists() else "no checkpoint was written yet")
+            raise NonFiniteLossError(f"non-finite weights ({bad[0]}, ...) after stage {stage.name!r}, epoch "
+                                     f"{epoch + 1}; training stopped and {kept} (lower the learning rate, or try grad_clip)")
         seconds = time.perf_counter() - t0
         row = {"stage": stage.name, "epoch": epoch + 1, "global_step": self.global_step}
         row.update({k: float(sums[k]) / max(1, counts[k]) for k in sums})
