@@ -48,9 +48,16 @@ class RelaxedContrastiveLoss(nn.Module):
         if n < 2:
             return _pairs.zero_loss(embeddings)
         with _pairs.autocast_off(embeddings):
-            d = relative_distance(embeddings)
-            w = weights.detach().to(d.dtype)
-            off = ~torch.eye(n, dtype=torch.bool, device=d.device)
-            pull = w * d.square()
-            push = (1 - w) * torch.relu(self.delta - d).square()
-            return ((pull + push) * off).sum() / n
+            return self.from_distances(relative_distance(embeddings), weights)
+
+    def from_distances(self, dist: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The same loss from a precomputed (n, n) relative distance (e.g. shared with the KL term of STML,
+        which needs the same matrix); weights as in forward (not re-validated here)."""
+        n = dist.shape[0]
+        if n < 2:
+            return _pairs.zero_loss(dist)
+        w = weights.detach().to(dist.dtype)
+        off = ~torch.eye(n, dtype=torch.bool, device=dist.device)
+        pull = w * dist.square()
+        push = (1 - w) * torch.relu(self.delta - dist).square()
+        return ((pull + push) * off).sum() / n

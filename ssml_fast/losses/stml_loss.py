@@ -9,7 +9,7 @@ from torch import nn
 from ..ops import _checks
 from ..ops.contextual import contextual_similarity
 from . import _pairs
-from .relaxed_contrastive_loss import RelaxedContrastiveLoss
+from .relaxed_contrastive_loss import RelaxedContrastiveLoss, relative_distance
 from .self_distillation_kl import SelfDistillationKL
 
 FORMS = ("code", "thesis")
@@ -88,8 +88,10 @@ class STMLLoss(nn.Module):
         if self.k > n:
             raise ValueError(f"k={self.k} neighbours need a batch of at least k rows, got N={n}")
         w = contextual_similarity(teacher_g.detach(), self.k, self.sigma, ids).to(student_f.device)
-        rc_f, rc_g = self.rc(student_f, w), self.rc(student_g, w)
-        kl = self.kl(student_f, student_g)
+        # Each relative distance matrix once (the GEMMs are most of the loss's cost): RC and KL share them.
+        d_f, d_g = relative_distance(student_f), relative_distance(student_g)
+        rc_f, rc_g = self.rc.from_distances(d_f, w), self.rc.from_distances(d_g, w)
+        kl = self.kl.from_distances(d_f, d_g.detach())
         if self.form == "code":
             rc_f, rc_g = rc_f / (n - 1), rc_g / (n - 1)
             kl = kl * self.kl.temperature ** 2

@@ -1,0 +1,149 @@
+"""STML step costs (issue 9): the loss share of a step, our loss vs the official approach, memory overhead.
+
+Run: `.venv/bin/python bench/bench_stml.py` (or through pytest: `bash scripts/test.sh bench/bench_stml.py -s`).
+Writes bench/results_stml.md. Everything is timed round-robin in one process (bench/_round_robin.py), so
+load on this shared 2-core machine hits all variants alike; quote the ratios.
+
+1. Share of the loss in an STML step. N = 240 embeddings (24 queries x 5 neighbours x 2 views), teacher
+   g of 1024 dimensions, the small-image network of the `small` preset. "step" = views + teacher forward
+   + student forward + STMLLoss forward + backward + EMA + AdamW step; "loss" = STMLLoss forward + backward
+   alone on the same (f, g, t) tensors (contextual similarity included).
+2. Our STMLLoss against the official code's approach on the same tensors: contextual similarity with a
+   Python loop over rows (bench/contextual_workloads.row_loop) and dense loss terms written the way the
+   official `code/loss.py` does (pairwise distance matrices, explicit masks, F.kl_div).
+3. stml_memory with a full memory of M = 4096 entries against stml: step time ratio and peak extra memory.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _round_robin import round_robin_medians  # noqa: E402
+from _rss_peak import peak_extra_mb  # noqa: E402
+from contextual_workloads import row_loop  # noqa: E402
+
+from ssml_fast.data import load_dataset  # noqa: E402
+from ssml_fast.losses import STMLLoss  # noqa: E402
+from ssml_fast.methods import Batch, get_method, make_config  # noqa: E402
+from ssml_fast.train import build_optimizer, data_info  # noqa: E402
+
+THREADS = int(os.environ.get("SSML_BENCH_THREADS", "1"))
+ROUNDS = int(os.environ.get("SSML_BENCH_ROUNDS", "15"))
+
+
+def _official_loss(f, g, t, ids, k=10, sigma=3.0, delta=1.0):
+    """The official code's approach (METHODS.md 1.3), dense and with the per-row contextual loop."""
+    with torch.no_grad():
+        w = row_loop(t, k, sigma, ids)
+    n = f.shape[0]
+    eye = torch.eye(n, dtype=torch.bool)
+
+    def rel(e):
+        d = torch.cdist(e, e)
+        return d / d.mean(1, keepdim=True)
+
+    def rc(e):
+        d = rel(e)
+        pull = w * d.pow(2)
+        push = (1 - w) * F.relu(delta - d).pow(2)
+        return (pull + push).masked_fill(eye, 0).sum() / (n * (n - 1))
+
+    df, dg = rel(f), rel(g).detach()
+    kl = F.kl_div(F.log_softmax(-df, 1), F.softmax(-dg, 1), reduction="sum") / n
+    return 0.5 * (rc(f) + rc(g)) + kl
+
+
+class _Step:
+    """One full training step of a method (what Trainer._epoch does, without the bookkeeping)."""
+
+    def __init__(self, name, split, **overrides):
+        cfg = make_config(name, "small", [("bench", {"g_dim": 1024, **overrides})])
+        torch.manual_seed(0)
+        self.m = get_method(name)(cfg, data_info(split))
+        self.opt = build_optimizer(cfg, self.m.parameter_groups())
+        self.images = split.train_images
+        self.gen = torch.Generator().manual_seed(0)
+        self.idx = torch.randperm(len(self.images), generator=self.gen)[:cfg.batch_size]
+
+    def __call__(self):
+        x = self.images[self.idx]
+        batch = Batch(self.m.views(x, self.gen), None, self.idx)
+        out = self.m.training_step(batch)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.m.after_backward()
+        self.opt.step()
+        self.m.after_step(batch, out)
+
+
+def run(write: bool = True) -> dict:
+    torch.set_num_threads(THREADS)
+    split = load_dataset("mnist5k", seed=0)
+    step = _Step("stml", split)
+    m = step.m
+    x = torch.cat(m.views(split.train_images[step.idx], step.gen))
+    ids = step.idx.repeat(2)
+    with torch.no_grad():
+        t = m.teacher(x)
+        f0, g0 = m._student(x)
+    f, g = f0.clone().requires_grad_(), g0.clone().requires_grad_()
+    loss = STMLLoss(sigma=3.0, k=10, delta=1.0)
+
+    def ours():
+        loss(f, g, t, ids).backward()
+
+    def official():
+        _official_loss(f, g, t, ids).backward()
+
+    mem = _Step("stml_memory", split, memory_size=4096, memory_warmup=0)
+    while len(mem.m.memory) < 4096:  # fill the memory with real entries first
+        mem()
+    t0 = time.perf_counter()
+    med = round_robin_medians({"step": step, "loss": ours, "official_loss": official, "memory_step": mem}, ROUNDS)
+    wall = time.perf_counter() - t0
+    peak_stml = peak_extra_mb(step)
+    peak_mem = peak_extra_mb(mem)
+    res = {"step_ms": med["step"] * 1e3, "loss_ms": med["loss"] * 1e3, "official_ms": med["official_loss"] * 1e3,
+           "memory_step_ms": med["memory_step"] * 1e3, "share": med["loss"] / med["step"],
+           "speedup": med["official_loss"] / med["loss"], "memory_ratio": med["memory_step"] / med["step"],
+           "peak_stml_mb": peak_stml, "peak_memory_mb": peak_mem, "wall_s": wall}
+    if write:
+        _write(res)
+    return res
+
+
+def _write(r: dict) -> None:
+    load = os.getloadavg()[0]
+    text = f"""# STML step costs (bench/bench_stml.py)
+
+Run: `.venv/bin/python bench/bench_stml.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 2-core VM, CPU,
+torch {torch.__version__}, {THREADS} thread(s), {ROUNDS} round-robin rounds, load average {load:.1f} at the end
+(a shared machine: read the ratios). STML `small` preset with g = 1024 (teacher d = 1024), N = 240 embeddings
+(24 queries x 5 neighbours x 2 views).
+
+| what | median ms | ratio | target |
+|---|---|---|---|
+| STML step (views, teacher + student forward, loss, backward, EMA, AdamW) | {r['step_ms']:.1f} | 1 | |
+| STMLLoss forward + backward (contextual similarity included) | {r['loss_ms']:.1f} | {r['share']:.1%} of the step | <= 10 % |
+| official approach: row-loop contextual + dense loss, forward + backward | {r['official_ms']:.1f} | {r['speedup']:.1f}x ours | >= 5x |
+| stml_memory step, memory full (M = 4096) | {r['memory_step_ms']:.1f} | {r['memory_ratio']:.2f}x stml | <= 1.5x |
+
+Peak extra memory of one step: stml {r['peak_stml_mb']:.0f} MB, stml_memory (M = 4096) {r['peak_memory_mb']:.0f} MB.
+"""
+    (Path(__file__).resolve().parent / "results_stml.md").write_text(text)
+    print(text)
+
+
+def test_stml_costs():
+    r = run()
+    assert r["loss_ms"] > 0
+
+
+if __name__ == "__main__":
+    run()
