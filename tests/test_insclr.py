@@ -460,3 +460,29 @@ def test_pool_larger_than_the_dataset_is_a_named_error(split):
     n = len(split.train_labels)
     with pytest.raises(ValueError, match=f"pool_size={n}"):
         _insclr(split, pool_size=n, memory_exclude_top=10)
+
+
+@pytest.mark.xfail(reason="trainer: a checkpoint written at the end of a stage's last epoch loads that stage's "
+                          "scheduler state into the next stage (Trainer.fit keeps `resumed` past the skipped "
+                          "stage); reported in issue 10", strict=False)
+def test_resume_from_the_end_of_a_stage_is_bit_identical(split, tmp_path):
+    def mk():
+        return _insclr(split, epochs=1, base_stages=2, schedule="cosine")
+
+    straight = Trainer(mk(), split, RunConfig(seed=0, quiet=True, eval_every=0), tmp_path / "a")
+    straight.fit()
+    t = Trainer(mk(), split, RunConfig(seed=0, quiet=True, eval_every=0), tmp_path / "b")
+    original = t.method.begin_stage
+
+    def crash(stage, ctx):  # a crash after base1's last checkpoint, before base2 trains
+        if stage.options["index"] == 1:
+            raise RuntimeError("crash between stages")
+        original(stage, ctx)
+
+    t.method.begin_stage = crash
+    with pytest.raises(RuntimeError, match="between stages"):
+        t.fit()
+    resumed = Trainer(mk(), split, RunConfig(seed=0, quiet=True, eval_every=0), tmp_path / "b")
+    resumed.fit(resume=True)
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
