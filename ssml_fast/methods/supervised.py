@@ -42,7 +42,9 @@ class Supervised(Method):
     name: ClassVar[str] = "supervised"
     Config: ClassVar[type] = SupervisedConfig
     uses_labels: ClassVar[bool] = True
-    presets: ClassVar[dict] = {"official": {}, "small": {}}
+    # "small": lr 2e-3 won the validation-split selection (bench/results_presets.md: train classes 0-2,
+    # validate on 3-4; +0.027 MAP@R over lr 1e-3, more than the seed spread of 0.020).
+    presets: ClassVar[dict] = {"official": {}, "small": {"lr": 2e-3}}
 
     def __init__(self, config: SupervisedConfig, data: DataInfo):
         super().__init__(config, data)

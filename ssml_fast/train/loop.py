@@ -174,6 +174,8 @@ class Trainer:
             for s_idx, stage in enumerate(self.method.stages()):
                 first_epoch = position["epoch"] if s_idx == position["stage"] else 0
                 if s_idx < position["stage"] or first_epoch >= stage.epochs:
+                    if s_idx == position["stage"]:
+                        resumed = None  # that stage had finished: the next one starts its own schedule
                     continue
                 self.ctx.stage_index, self.ctx.resuming = s_idx, resumed is not None
                 self.method.begin_stage(stage, self.ctx)
@@ -203,10 +205,13 @@ class Trainer:
         cfg = self.method.config
         # A new stage restarts the schedule from each group's base lr (InsCLR's cycles); a scheduler
         # built over a group that already has "initial_lr" would start from that instead.
+        # Stage.options may scale the lr ("lr_scale", InsCLR's lower impr lr) and set its own "milestones".
+        scale = float(stage.options.get("lr_scale", 1.0))
         for g in self.optimizer.param_groups:
-            g["lr"] = g.setdefault("base_lr", g["lr"])
+            g["lr"] = g.setdefault("base_lr", g["lr"]) * scale
             g.pop("initial_lr", None)
-        self.scheduler = build_scheduler(cfg, self.optimizer, stage.epochs * steps_per_epoch, steps_per_epoch)
+        self.scheduler = build_scheduler(cfg, self.optimizer, stage.epochs * steps_per_epoch, steps_per_epoch,
+                                         milestones=stage.options.get("milestones"))
 
     def _epoch(self, s_idx, stage, epoch, sampler, steps, skip, resumed) -> None:
         method, run, ctx = self.method, self.run, self.ctx

@@ -51,9 +51,10 @@ class _Lambda:
         return 1.0
 
 
-def build_scheduler(config, optimizer, total_steps: int, steps_per_epoch: int):
+def build_scheduler(config, optimizer, total_steps: int, steps_per_epoch: int, milestones=None):
     """A scheduler stepped once per optimiser step. onecycle is torch's OneCycleLR (peak = lr, 30 %
-    warm-up, cosine annealing, momentum cycling); multistep milestones are in epochs."""
+    warm-up, cosine annealing, momentum cycling); multistep milestones are in epochs (`milestones` overrides
+    the config's, e.g. a stage's own)."""
     kind = config.schedule
     if kind not in SCHEDULES:
         raise ValueError(f"unknown schedule {kind!r}; available: {', '.join(SCHEDULES)}")
@@ -62,5 +63,6 @@ def build_scheduler(config, optimizer, total_steps: int, steps_per_epoch: int):
         max_lr = [g["lr"] for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    fn = _Lambda(kind, total_steps, steps_per_epoch, warmup, config.milestones, config.gamma)
+    fn = _Lambda(kind, total_steps, steps_per_epoch, warmup,
+                 config.milestones if milestones is None else milestones, config.gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
