@@ -2,6 +2,9 @@
 // Argument checks of the memory-bank ops, shared by every backend. The Python wrappers check user input
 // first with friendlier messages; these keep direct torch.ops calls from writing out of bounds.
 #include <ATen/core/Tensor.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/any.h>
 #include <c10/util/Exception.h>
 
 namespace ssml_fast {
@@ -44,6 +47,21 @@ inline void check_bank_update_args(const at::Tensor& bank, const at::Tensor& ids
   TORCH_CHECK_VALUE(ids.device() == bank.device() && feats.device() == bank.device(),
                     "bank, ids and feats must be on one device");
   TORCH_CHECK_VALUE(momentum >= 0 && momentum < 1, "momentum must be in [0, 1), got ", momentum);
+}
+
+// feats as the kernels may read it while they write the bank: a copy when it shares memory with the bank
+// (feats = bank[a:b], a view), which would otherwise make the result depend on the order slots are written.
+inline at::Tensor bank_update_feats(const at::Tensor& bank, const at::Tensor& feats) {
+  return at::get_overlap_status(bank, feats) == at::MemOverlapStatus::No ? feats.contiguous()
+                                                                         : feats.clone(at::MemoryFormat::Contiguous);
+}
+
+// Out-of-range ids raise on every device. On the GPU this reads one flag back to the host (a kernel cannot
+// raise), the price of the same behaviour as the CPU kernel, which checks while it groups the ids.
+inline void check_bank_ids_on_device(const at::Tensor& ids, int64_t n_slots) {
+  if (ids.numel() == 0) return;
+  TORCH_CHECK_VALUE(!((ids < 0) | (ids >= n_slots)).any().item<bool>(), "ids must be in [0, ", n_slots,
+                    ") (the bank's slots); got an id outside that range");
 }
 
 }  // namespace ssml_fast

@@ -16,11 +16,13 @@ SSML_HD int64_t ring_slot(int64_t ptr, int64_t k, int64_t size) { return (ptr + 
 // Same rule as torch.nn.functional.normalize: x / max(||x||, eps).
 constexpr double kNormEps = 1e-12;
 
+// A NaN norm stays NaN (`norm < eps` is false for NaN, as torch's clamp_min keeps NaN), so a NaN feature
+// writes an all-NaN slot instead of hiding its NaN among finite values scaled by 1 / eps.
 template <typename A>
 SSML_HD A inv_norm(A sum_sq) {
   using std::sqrt;
   const A norm = sqrt(sum_sq);
-  return A(1) / (norm > A(kNormEps) ? norm : A(kNormEps));
+  return A(1) / (norm < A(kNormEps) ? A(kNormEps) : norm);
 }
 
 // Weight of the feature sum in momentum_mix: (1 - m) * mean = ((1 - m) / count) * sum, so the

@@ -14,13 +14,29 @@ struct TripletInputs {
   Reduction reduction;
 };
 
+inline void check_triplet_devices(const at::Tensor& dist, const at::Tensor& labels, const at::Tensor& ref_labels) {
+  TORCH_CHECK_VALUE(labels.device() == dist.device() && ref_labels.device() == dist.device(),
+                    "labels and ref_labels must be on dist's device ", dist.device(), ", got ", labels.device(),
+                    " and ", ref_labels.device());
+}
+
 inline TripletInputs prepare_triplet_inputs(const at::Tensor& dist, const at::Tensor& labels,
                                             const at::Tensor& ref_labels, c10::string_view mining,
                                             c10::string_view reduction) {
-  TORCH_CHECK(dist.dim() == 2, "dist must be 2-D");
+  TORCH_CHECK_VALUE(dist.dim() == 2, "dist must be 2-D, got shape ", dist.sizes());
+  TORCH_CHECK_TYPE(dist.scalar_type() == at::kFloat || dist.scalar_type() == at::kDouble,
+                   "dist must be float32 or float64, got ", dist.scalar_type());
+  check_triplet_devices(dist, labels, ref_labels);
+  TORCH_CHECK_TYPE(!labels.is_floating_point() && !ref_labels.is_floating_point() && !labels.is_complex() &&
+                       !ref_labels.is_complex(),
+                   "labels and ref_labels must be integer tensors, got ", labels.scalar_type(), " and ",
+                   ref_labels.scalar_type());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && ref_labels.dim() == 1, "labels and ref_labels must be 1-D");
   TripletInputs in{dist.contiguous(), labels.to(at::kLong).contiguous(), ref_labels.to(at::kLong).contiguous(),
                    dist.size(0), dist.size(1), parse_mining(mining), parse_reduction(reduction)};
-  TORCH_CHECK(in.labels.numel() == in.B && in.ref_labels.numel() == in.R, "labels must match dist's shape");
+  TORCH_CHECK_VALUE(in.labels.numel() == in.B && in.ref_labels.numel() == in.R,
+                    "labels must have dist.size(0) entries and ref_labels dist.size(1), got ", in.labels.numel(),
+                    " and ", in.ref_labels.numel(), " for dist of shape ", dist.sizes());
   return in;
 }
 

@@ -121,7 +121,7 @@ void bank_momentum_update_cpu(const at::Tensor& bank, const at::Tensor& ids_in, 
                               double momentum) {
   check_bank_update_args(bank, ids_in, feats_in, momentum);
   const at::Tensor ids = ids_in.contiguous();
-  const at::Tensor feats = feats_in.contiguous();
+  const at::Tensor feats = bank_update_feats(bank, feats_in);
   const int64_t N = bank.size(0), D = bank.size(1), B = ids.numel();
   if (B == 0) return;
   const int64_t* id = ids.const_data_ptr<int64_t>();

@@ -1,6 +1,7 @@
 // CPU backend of triplet_margin_loss_from_dist: one pass over each anchor's row of the (B, R)
 // distance matrix, writing the loss and dloss/ddist together. No triplet is ever materialised.
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -183,6 +184,34 @@ RowOut semihard_row(const T* d, const int64_t* ref_labels, int64_t R, int64_t li
   return out;
 }
 
+// A NaN among an anchor's positive or negative distances, when the anchor has a valid triplet, makes its loss
+// NaN whatever the mining (the plain formula max(0, d_ap - d_an + m) is NaN for such a triplet; comparisons
+// would otherwise skip NaN silently and hide a diverged model from the trainer's finite-loss check). Its
+// gradient entries become NaN too and it counts no active triplet; its valid triplets are counted as usual
+// for "all" (P x N) and "hard" (1), and as none for "semihard" (which ones are semi-hard is undefined).
+// Returns false (nothing written) for the usual row without NaN: one vectorisable scan.
+template <typename T>
+bool nan_row(const T* d, const int64_t* ref_labels, int64_t R, int64_t li, int64_t self, Mining mining, T* g,
+             RowOut* out) {
+  bool any = false;
+  for (int64_t j = 0; j < R; ++j) any |= d[j] != d[j];
+  if (!any) return false;
+  int64_t P = 0, N = 0;
+  bool nan = false;
+  for (int64_t j = 0; j < R; ++j) {
+    if (j == self) continue;
+    (ref_labels[j] == li ? P : N) += 1;
+    nan |= d[j] != d[j];
+  }
+  if (!nan || P == 0 || N == 0) return false;
+  out->loss = std::numeric_limits<double>::quiet_NaN();
+  out->active = 0;
+  out->triplets = mining == Mining::All ? P * N : mining == Mining::Hard ? 1 : 0;
+  for (int64_t j = 0; j < R; ++j)
+    if (j != self) g[j] = std::numeric_limits<T>::quiet_NaN();
+  return true;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_from_dist_cpu(
     const at::Tensor& dist_in, const at::Tensor& labels_in, const at::Tensor& ref_labels_in, bool exclude_diagonal,
     double margin, c10::string_view mining_s, c10::string_view reduction_s, bool soft) {
@@ -202,6 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplet_margin_loss_f
         const int64_t self = exclude_diagonal ? i : -1;
         const scalar_t* di = d + i * R;
         scalar_t* gi = g + i * R;
+        if (nan_row(di, ref, R, lab[i], self, mining, gi, &rows[i])) continue;
         switch (mining) {
           case Mining::All: rows[i] = batch_all_row(di, ref, R, lab[i], self, margin, gi, s); break;
           case Mining::Hard: rows[i] = batch_hard_row(di, ref, R, lab[i], self, margin, soft, gi); break;

@@ -9,18 +9,12 @@
 namespace ssml_fast {
 namespace {
 
-struct SerialAdd {
-  template <typename T>
-  void operator()(T* ptr, T v) const { *ptr += v; }
-};
-
 struct CpuLoopLaunch {
   template <typename T>
-  static void batch_all(const T* dist, const TripletRows& r, const double* negs, const double* prefix,
-                        const int64_t* n_neg, const double* qs, const int64_t* n_pos, double* contrib,
-                        int64_t* active, T* grad) {
+  static void batch_all(const T* dist, const TripletRows& r, const T* negs, const double* prefix, const int64_t* n_neg,
+                        const T* pos, const int64_t* n_pos, double* contrib, int64_t* active, T* grad) {
     for (int64_t k = 0; k < r.B * r.R; ++k)
-      batch_all_entry<T>(k, dist, r, negs, prefix, n_neg, qs, n_pos, contrib, active, grad);
+      batch_all_entry<T>(k, dist, r, negs, prefix, n_neg, pos, n_pos, contrib, active, grad);
   }
   // Visits each row's columns in an interleaved order (as a block of threads would) to exercise the
   // tie-breaking of keep_better, then folds the partial results like the GPU tree reduction.
@@ -43,10 +37,12 @@ struct CpuLoopLaunch {
     }
   }
   template <typename T>
-  static void semihard(const T* dist, const TripletRows& r, bool soft, const double* negs, const int64_t* neg_idx,
-                       const int64_t* n_neg, double* contrib, int64_t* active, int64_t* valid, T* grad) {
+  static void semihard(const T* dist, const TripletRows& r, bool soft, const T* negs, const int64_t* neg_idx,
+                       const int64_t* n_neg, double* contrib, int64_t* active, int64_t* valid, int64_t* choice,
+                       T* grad) {
     for (int64_t k = 0; k < r.B * r.R; ++k)
-      semihard_entry<T>(k, dist, r, soft, negs, neg_idx, n_neg, contrib, active, valid, grad, SerialAdd{});
+      semihard_entry<T>(k, dist, r, soft, negs, neg_idx, n_neg, contrib, active, valid, choice, grad);
+    for (int64_t i = 0; i < r.B; ++i) semihard_scatter_row<T>(i, r.R, choice, grad);
   }
 };
 

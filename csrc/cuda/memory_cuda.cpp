@@ -53,7 +53,8 @@ void bank_momentum_update_cuda(const at::Tensor& bank, const at::Tensor& ids, co
   check_bank_update_args(bank, ids, feats_in, momentum);
   if (ids.numel() == 0) return;
   c10::cuda::CUDAGuard guard(bank.device());
-  const at::Tensor feats = feats_in.contiguous();
+  check_bank_ids_on_device(ids, bank.size(0));
+  const at::Tensor feats = bank_update_feats(bank, feats_in);
   auto [sorted_ids, perm] = at::sort(ids, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, bank.scalar_type(), "bank_momentum_update_cuda", [&] {

@@ -69,7 +69,7 @@ __global__ void bank_update_kernel(T* bank, int64_t n_slots, int64_t d, const in
   const int64_t id = sorted_ids[k0];
   // Only the first block of a run of equal ids writes that slot; the others have nothing to do.
   if (k0 > 0 && sorted_ids[k0 - 1] == id) return;
-  // Out-of-range ids are rejected before launch (Python wrapper); never write outside the bank.
+  // Out-of-range ids are rejected before launch (check_bank_ids_on_device); never write outside the bank.
   if (id < 0 || id >= n_slots) return;
   int64_t k1 = k0 + 1;
   while (k1 < b && sorted_ids[k1] == id) ++k1;

@@ -32,14 +32,10 @@ def check_momentum(momentum) -> float:
 
 
 def check_ids(name: str, ids, n: int, num_slots: int, device: torch.device) -> torch.Tensor:
-    """(n,) integer ids in [0, num_slots) on `device`, returned as int64. The CPU kernel checks the range
-    itself while it groups the ids; elsewhere ids.aminmax() is read here (one host synchronisation)."""
-    ids = _checks.check_labels(name, ids, n, device)
-    if ids.device.type != "cpu" and ids.numel():
-        lo, hi = (int(v) for v in ids.aminmax())
-        if lo < 0 or hi >= num_slots:
-            raise ValueError(f"{name} must be in [0, {num_slots}), got values in [{lo}, {hi}]")
-    return ids
+    """(n,) integer ids on `device`, returned as int64. The range [0, num_slots) is checked by the op itself
+    on every device (the CPU kernel while it groups the ids, the CUDA one with a single device-side flag), so
+    this wrapper reads no data and stays traceable (meta tensors, torch.compile)."""
+    return _checks.check_labels(name, ids, n, device)
 
 
 def _check_ring(i: str, buffer, rows, size: int | None = None, n: int | None = None) -> None:
@@ -108,7 +104,9 @@ def bank_momentum_update_(bank: torch.Tensor, ids: torch.Tensor, feats: torch.Te
     (B, D), cast to the bank's dtype; momentum in [0, 1) (0 overwrites the slot with normalise(f)).
     Duplicate ids in one call use f = the mean of their feats rows (summed in ascending row order, so
     the result is deterministic), unlike index_copy_ whose outcome with duplicates is undefined.
-    normalise(x) = x / max(||x||, 1e-12), as torch.nn.functional.normalize.
+    normalise(x) = x / max(||x||, 1e-12), as torch.nn.functional.normalize: a NaN feature writes an all-NaN
+    slot, as F.normalize would. feats may be a view of the bank (it is then read before any slot is written).
+    Out-of-range ids raise ValueError on every device (on CUDA this reads one flag back to the host).
     """
     _checks.check_tensor("bank", bank)
     if bank.dim() != 2:

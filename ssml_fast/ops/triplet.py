@@ -22,7 +22,8 @@ class TripletLoss(NamedTuple):
 @torch.library.register_fake("ssml_fast::_triplet_margin_loss_from_dist_sorted")
 def _triplet_fake(dist, labels, ref_labels, exclude_diagonal, margin, mining, reduction, soft):
     scalar_long = dist.new_empty((), dtype=torch.int64)
-    return dist.new_empty(()), scalar_long, scalar_long.clone(), torch.empty_like(dist)
+    # The kernels return a contiguous dloss/ddist whatever dist's strides (a transposed dist included).
+    return dist.new_empty(()), scalar_long, scalar_long.clone(), dist.new_empty(dist.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -66,8 +67,11 @@ def triplet_margin_loss(
     soft: softplus(d_ap - d_an + margin) instead of the hinge ("hard"/"semihard"; margin=0 gives the
     soft-margin loss of Hermans et al.).
 
-    Returns the 0-d loss (float32 for half-precision inputs), or TripletLoss(loss, num_active,
-    num_triplets) with return_stats=True. A batch without any valid triplet gives 0 with zero gradient.
+    Returns the 0-d loss (float32 for half-precision inputs and inside torch.autocast), or
+    TripletLoss(loss, num_active, num_triplets) with return_stats=True. A batch without any valid triplet
+    gives 0 with zero gradient. A NaN distance among an anchor's positives or negatives (a NaN embedding)
+    makes the loss NaN, and that anchor's gradient entries NaN, whatever the mining: a diverged model is not
+    hidden by comparisons that skip NaN.
     """
     _checks.check_embeddings("emb", emb)
     ref_emb, ref_labels = _checks.resolve_reference(emb, labels, ref_emb, ref_labels)
