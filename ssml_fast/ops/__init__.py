@@ -1,4 +1,5 @@
 """Typed wrappers over the compiled ops (torch.ops.ssml_fast.*), with autograd and fake kernels."""
+from . import _autocast  # noqa: F401  (registers the ops' autocast rules)
 from .contextual import ContextualSimilarity, contextual_similarity
 from .distance import DISTANCES, pairwise_distance
 from .memory import bank_momentum_update_, queue_enqueue_, queue_enqueue_many_
