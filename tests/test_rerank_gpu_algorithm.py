@@ -15,7 +15,7 @@ import ssml_fast
 from ssml_fast.ops import kreciprocal_rerank
 
 from conftest import requires_cuda
-from test_rerank import features, reference, sorted_lists, sqdist
+from test_rerank import feature_reference, features, sorted_lists, sqdist
 
 gpu_algorithm = torch.ops.ssml_fast._kreciprocal_rerank_gpu_algorithm
 gpu_algorithm_topk = torch.ops.ssml_fast._kreciprocal_rerank_gpu_algorithm_topk
@@ -44,7 +44,7 @@ def test_long_lists_and_k_beyond_n(n, q, k1, k2):
     x = features(n, 8, seed=n + k1)
     got, want = both(x, q, k1, k2)
     torch.testing.assert_close(got, want, atol=0, rtol=0)
-    np.testing.assert_allclose(got.double().numpy(), reference(sqdist(x), q, k1, k2, 0.3), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got.double().numpy(), feature_reference(x, q, k1, k2, 0.3), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -55,7 +55,7 @@ def test_exact_ties(seed, dtype):
     for k1, k2 in ((20, 6), (5, 2), (10, 1), (1, 1)):
         got, want = both(x, 15, k1, k2, dtype=dtype)
         torch.testing.assert_close(got, want, atol=0, rtol=0)
-        np.testing.assert_allclose(got.double().numpy(), reference(sqdist(x), 15, k1, k2, 0.3), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got.double().numpy(), feature_reference(x, 15, k1, k2, 0.3), atol=1e-5, rtol=0)
 
 
 def test_all_identical_and_lambda_ends():

@@ -9,6 +9,9 @@
 #include <ATen/ops/unique_dim.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/amax.h>
+#include <cmath>
 
 #include "common/contextual_math.h"
 
@@ -34,6 +37,17 @@ inline void check_contextual_args(const at::Tensor& emb, int64_t k, double sigma
     TORCH_CHECK_VALUE(ids->device() == emb.device(), "ids is on ", ids->device(), " but teacher_emb is on ",
                       emb.device());
   }
+}
+
+// Rows are L2-normalised, so w does not depend on the scale of teacher_emb; but the squared norms behind the
+// Gram form overflow for float32 rows beyond ~1e19 (and underflow below ~1e-19). Returns x scaled by the power
+// of two that brings its largest coordinate into [1, 2) when that coordinate is outside [2^-40, 2^40] (exact,
+// so it changes no number), x itself otherwise; raises for NaN / inf. One host read of the largest coordinate.
+inline at::Tensor contextual_rescaled(const at::Tensor& x) {
+  const double amax = at::abs(x).amax().item<double>();
+  TORCH_CHECK_VALUE(std::isfinite(amax), "teacher_emb contains NaN or infinite values");
+  if (amax > 0 && (amax > 0x1p40 || amax < 0x1p-40)) return x * std::exp2(-std::floor(std::log2(amax)));
+  return x;
 }
 
 // (n,) int64 on x's device: the lowest index of each row's exact copies (value comparison), the rule the

@@ -48,6 +48,13 @@ SSML_HD T unit_sqdist(T g, T s_i, T s_j, T inv_i, T inv_j, bool diagonal) {
   return d > T(0) ? d : T(0);
 }
 
+// w^C_ij = (w^_ij + w^_ji) / 2 with w^ = what / m: the sum first, so the value is exactly symmetric in (i, j)
+// on every compiler (a * inv_m + b * inv_m may be contracted into fma(a, inv_m, b * inv_m), which is not).
+template <typename T>
+SSML_HD T contextual_symmetric_part(T a, T b, T inv_m) {
+  return (a + b) * inv_m / T(2);
+}
+
 SSML_HD int popcount64(uint64_t x) {
 #ifdef __CUDA_ARCH__
   return __popcll(x);

@@ -56,6 +56,19 @@ SSML_HD T rerank_sqdist(T si, T sj, T gram) {
   return v > T(0) ? v : T(0);
 }
 
+// Entry (i, j) of a distance tile from its Gram entry: 0 on the diagonal and between exact copies (rep: each
+// row's lowest-index copy), whose GEMM-form value is only rounding noise.
+template <typename T>
+SSML_HD T rerank_tile_sqdist_entry(T gram, const T* sq, const int64_t* rep, int64_t i, int64_t j) {
+  return i == j || rep[i] == rep[j] ? T(0) : rerank_sqdist(sq[i], sq[j], gram);
+}
+
+// Query i and gallery row j (joint row q + j) that are exact copies are at re-ranked distance 0: their distance
+// rows are identical, so only the index tie rule separates their neighbourhoods.
+SSML_HD void rerank_zero_copy_entry(const int64_t* rep, int64_t q, int64_t g, int64_t i, int64_t j, float* out) {
+  if (rep[i] == rep[q + j]) out[i * g + j] = 0.f;
+}
+
 // Unique int64 sort key of a float32 distance v >= 0 at column j: ordering the keys orders by (v, j), so a
 // top-k selection on them needs no tie rule of its own (the CPU kernel's order: equal distances to the lower
 // column). A non-negative float's bit pattern is monotone in its value.

@@ -18,7 +18,9 @@
 #include <torch/library.h>
 
 #include "common/contextual_host.h"
+#include "common/full_precision.h"
 #include "common/contextual_math.h"
+#include "common/duplicates_cpu.h"
 
 namespace ssml_fast {
 namespace {
@@ -27,54 +29,6 @@ namespace {
 constexpr int64_t kRowGrain = 8;
 // Up to this many neighbours per row are selected with an insertion buffer, beyond it with nth_element.
 constexpr int64_t kInsertionMax = 32;
-
-// rep[j] = the lowest index whose row equals row j exactly (values, so -0 == 0); returns whether any row
-// repeats. Found by a hash of each row, checked element-wise.
-template <typename T>
-bool duplicate_representatives(const T* x, int64_t n, int64_t d, std::vector<int64_t>& rep) {
-  // 32-bit lanes so the loop vectorises (a 64-bit multiply does not on AVX2); collisions only cost a compare.
-  std::vector<uint32_t> h(n);
-  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      uint32_t acc = 0;
-      for (int64_t t = 0; t < d; ++t) {
-        const T v = x[i * d + t] + T(0);  // -0 -> +0
-        uint32_t word;
-        if constexpr (sizeof(T) == 4) {
-          word = std::bit_cast<uint32_t>(v);
-        } else {
-          const uint64_t u = std::bit_cast<uint64_t>(v);
-          word = static_cast<uint32_t>(u) ^ static_cast<uint32_t>(u >> 32);
-        }
-        acc += (word ^ static_cast<uint32_t>(t)) * 0x9E3779B1u;
-      }
-      h[i] = acc;
-    }
-  });
-  std::vector<int64_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return h[a] != h[b] ? h[a] < h[b] : a < b; });
-  rep.resize(n);
-  std::iota(rep.begin(), rep.end(), 0);
-  bool any = false;
-  for (int64_t s = 0; s < n;) {
-    int64_t e = s + 1;
-    while (e < n && h[order[e]] == h[order[s]]) ++e;
-    for (int64_t a = s + 1; a < e; ++a) {  // members ascend by index: compare with the earlier ones
-      const int64_t j = order[a];
-      for (int64_t c = s; c < a; ++c) {
-        const int64_t r = order[c];
-        if (rep[r] == r && std::equal(x + j * d, x + (j + 1) * d, x + r * d)) {
-          rep[j] = r;
-          any = true;
-          break;
-        }
-      }
-    }
-    s = e;
-  }
-  return any;
-}
 
 template <typename T>
 void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int64_t* ids, at::Tensor& w,
@@ -86,7 +40,22 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
   // d2 (n, n): squared distances of the L2-normalised rows, from the raw Gram matrix. Every entry is read from
   // the upper triangle at the rows' first copies (a GEMM may round identical rows or mirrored entries
   // differently), so d2 is exactly symmetric and identical rows tie exactly (their order is then by index).
-  const at::Tensor gram = at::mm(x, x.t());
+  const FullFloat32Matmul full_precision;
+  at::Tensor gram = at::mm(x, x.t());
+  {
+    // Finite rows whose squared norm over- or underflows (float32 beyond ~1e19 or below ~1e-19) are brought
+    // to scale first (exact, w is scale-invariant); the usual input pays one pass over the Gram diagonal.
+    const T* dg = gram.const_data_ptr<T>();
+    bool ok = true;
+    for (int64_t i = 0; i < n && ok; ++i) {
+      const T g = dg[i * n + i];
+      ok = std::isfinite(g) && g > T(0x1p-80);  // a zero diagonal may be an underflow: look at the rows
+    }
+    if (!ok) {
+      const at::Tensor xs = contextual_rescaled(x);
+      if (!xs.is_same(x)) gram = at::mm(xs, xs.t());
+    }
+  }
   const T* G = gram.const_data_ptr<T>();
   std::vector<int64_t> rep;
   duplicate_representatives(x.const_data_ptr<T>(), n, x.size(1), rep);
@@ -241,7 +210,7 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
   at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       for (int64_t j = 0; j < n; ++j) {
-        const T c = (what[i * n + j] * inv_m + what[j * n + i] * inv_m) / T(2);
+        const T c = contextual_symmetric_part<T>(what[i * n + j], what[j * n + i], inv_m);
         const T p = wp[i * n + j];
         pc[i * n + j] = static_cast<float>(c);
         pp[i * n + j] = static_cast<float>(p);

@@ -37,6 +37,7 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include "common/duplicates_cpu.h"
 #include "common/rerank_host.h"
 #include "common/rerank_math.h"
 
@@ -278,6 +279,29 @@ void rerank_features_impl(const at::Tensor& x, const RerankParams& p, at::Tensor
   at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) sq[i] = rerank_dot(X + i * d, X + i * d, d);
   });
+  // Exact copies: distance exactly 0 between them (the GEMM form leaves rounding noise, which the row
+  // normalisation blows up to O(1) for collapsed features) and re-ranked distance 0. copies[i]: the other
+  // members of row i's group, CSR-style; empty (and free) when no row repeats.
+  std::vector<int64_t> rep;
+  const bool any_copies = duplicate_representatives(X, n, d, rep);
+  std::vector<int64_t> copy_start, copy_list;
+  if (any_copies) {
+    std::vector<int64_t> size(n, 0);
+    for (int64_t i = 0; i < n; ++i) ++size[rep[i]];
+    std::vector<int64_t> group_start(n + 1, 0), fill;
+    for (int64_t r = 0; r < n; ++r) group_start[r + 1] = group_start[r] + size[r];
+    std::vector<int64_t> members(n);
+    fill.assign(group_start.begin(), group_start.end() - 1);
+    for (int64_t i = 0; i < n; ++i) members[fill[rep[i]]++] = i;
+    copy_start.assign(n + 1, 0);
+    for (int64_t i = 0; i < n; ++i) copy_start[i + 1] = copy_start[i] + size[rep[i]] - 1;
+    copy_list.resize(copy_start[n]);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t c = copy_start[i];
+      for (int64_t t = group_start[rep[i]]; t < group_start[rep[i] + 1]; ++t)
+        if (members[t] != i) copy_list[c++] = members[t];
+    }
+  }
 
   // Blocked pass: neighbours, row max, and lambda * dn for the query rows.
   std::vector<int32_t> nn(n * L);
@@ -295,6 +319,8 @@ void rerank_features_impl(const at::Tensor& x, const RerankParams& p, at::Tensor
         const T si = sq[i];
         for (int64_t j = 0; j < n; ++j) row[j] = rerank_sqdist(si, sq[j], row[j]);  // vectorisable
         row[i] = T(0);
+        if (any_copies)
+          for (int64_t c = copy_start[i]; c < copy_start[i + 1]; ++c) row[copy_list[c]] = T(0);
         T mx = T(0);
         top.reset();
         for (int64_t j = 0; j < n; ++j) {
@@ -315,6 +341,9 @@ void rerank_features_impl(const at::Tensor& x, const RerankParams& p, at::Tensor
   const RerankFeatureDist<T> feature_dist{X, sq.data(), row_max.data(), d};
   auto dist_n = [&](int64_t i, int64_t j, Stamp&) -> double { return feature_dist(i, j); };
   rerank_sparse(p, nn, L, [](int64_t, Stamp&) {}, dist_n, out);
+  for (int64_t i = 0; any_copies && i < q; ++i)
+    for (int64_t c = copy_start[i]; c < copy_start[i + 1]; ++c)
+      if (copy_list[c] >= q) out[i * g + (copy_list[c] - q)] = 0.f;
 }
 
 template <typename T>
@@ -337,7 +366,12 @@ void rerank_topk_impl(const at::Tensor& dist, const at::Tensor& idx, const Reran
         TORCH_CHECK_VALUE(!seen.has(j, i), "indices row ", i, " lists ", j, " twice");
         seen.mark(j, i);
         if (r < L) nn[i * L + r] = static_cast<int32_t>(j);
+        const T v = D[i * K + r];
+        TORCH_CHECK_VALUE(std::isfinite(v), kTopkNotFinite, " (row ", i, ")");
+        TORCH_CHECK_VALUE(v >= T(0), kTopkNegative, " (row ", i, ")");
+        TORCH_CHECK_VALUE(r == 0 || v >= D[i * K + r - 1], kTopkNotSorted, " (row ", i, ")");
       }
+      TORCH_CHECK_VALUE(seen.has(i, i) || !(D[i * K + K - 1] > T(0)), kTopkNoSelf, " (row ", i, ")");
     }
   });
 
@@ -366,7 +400,9 @@ at::Tensor kreciprocal_rerank_cpu(const at::Tensor& query, const at::Tensor& gal
   const int64_t q = query.size(0), n = q + gallery.size(0);
   at::Tensor out = at::empty({q, n - q}, query.options().dtype(at::kFloat));
   if (q == 0 || n == q) return out;
-  const at::Tensor x = at::cat({query, gallery}, 0).contiguous();
+  clamp_rerank_k(n, k1, k2);
+  const FullFloat32Matmul full_precision;
+  const at::Tensor x = rerank_joint_features(query, gallery);
   const RerankParams p{n, q, k1, k2, lambda_value};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "kreciprocal_rerank_cpu",
                              [&] { rerank_features_impl<scalar_t>(x, p, out); });
@@ -380,6 +416,7 @@ at::Tensor kreciprocal_rerank_topk_cpu(const at::Tensor& distances, const at::Te
   const int64_t n = distances.size(0);
   at::Tensor out = at::empty({num_query, n - num_query}, distances.options().dtype(at::kFloat));
   if (num_query == 0 || n == num_query) return out;
+  clamp_rerank_k(n, k1, k2);
   const RerankParams p{n, num_query, k1, k2, lambda_value};
   const at::Tensor d = distances.contiguous(), i = indices.contiguous();
   AT_DISPATCH_FLOATING_TYPES(d.scalar_type(), "kreciprocal_rerank_topk_cpu",

@@ -16,10 +16,13 @@ struct CpuLoopLaunch {
     for (int64_t i = 0; i < n; ++i) sq[i] = rerank_dot(x + i * d, x + i * d, d);
   }
   template <typename T>
-  static void tile_sqdist(T* tile, const T* sq, int64_t b0, int64_t nb, int64_t n) {
+  static void tile_sqdist(T* tile, const T* sq, const int64_t* rep, int64_t b0, int64_t nb, int64_t n) {
     for (int64_t r = 0; r < nb; ++r)
-      for (int64_t j = 0; j < n; ++j)
-        tile[r * n + j] = b0 + r == j ? T(0) : rerank_sqdist(sq[b0 + r], sq[j], tile[r * n + j]);
+      for (int64_t j = 0; j < n; ++j) tile[r * n + j] = rerank_tile_sqdist_entry(tile[r * n + j], sq, rep, b0 + r, j);
+  }
+  static void zero_copies(const int64_t* rep, int64_t q, int64_t g, float* out) {
+    for (int64_t i = 0; i < q; ++i)
+      for (int64_t j = 0; j < g; ++j) rerank_zero_copy_entry(rep, q, g, i, j, out);
   }
   template <typename T>
   static void tile_out(const T* tile, const T* row_max, int64_t b0, int64_t nbq, int64_t n, int64_t q, float lam,

@@ -1,6 +1,6 @@
 // CUDA backend of contextual_similarity: the Gram GEMM (cuBLAS through ATen) and the dense expansion
 // GEMM when k is large; everything else in the kernels of contextual_cuda.cu. The host synchronises twice: for the
-// NaN check on the Gram diagonal and in the duplicate-row search (unique_dim).
+// NaN check (with the scale of the rows) and in the duplicate-row search (unique_dim).
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "common/contextual_host.h"
+#include "common/full_precision.h"
 #include "cuda/contextual_launchers.h"
 
 namespace ssml_fast {
@@ -19,19 +20,19 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contextual_similarity_cuda(const at::Tensor& teacher_emb, int64_t k,
                                                                           double sigma,
                                                                           const std::optional<at::Tensor>& ids) {
-  check_contextual_args(teacher_emb, k, sigma, ids);
+  check_contextual_args(teacher_emb, k, sigma, ids);  // before the guard: device mismatches raise here
   c10::cuda::CUDAGuard guard(teacher_emb.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor x = teacher_emb.contiguous();
+  // The NaN / inf check and the exact power-of-two rescaling of rows whose squared norms would overflow, in
+  // one host read.
+  const at::Tensor x = contextual_rescaled(teacher_emb.contiguous());
   const at::Tensor id = ids.has_value() ? ids->contiguous() : at::Tensor();
   const int64_t n = x.size(0), W = (n + 63) / 64, m = expansion_size(k);
-  TORCH_CHECK_VALUE(n <= 65535, "contextual_similarity on CUDA takes at most 65535 rows (a grid dimension), got ", n);
   const auto f32 = x.options().dtype(at::kFloat);
   at::Tensor w = at::empty({n, n}, f32), w_p = at::empty({n, n}, f32), w_c = at::empty({n, n}, f32);
 
+  const FullFloat32Matmul full_precision;
   const at::Tensor gram = at::mm(x, x.t());
-  // ||x_i||^2 is finite iff row i is (barring overflow of a huge finite row).
-  TORCH_CHECK_VALUE(at::isfinite(gram.diagonal()).all().item<bool>(), "teacher_emb contains NaN or infinite values");
   at::Tensor d2 = at::empty({n, n}, x.options());
   const at::Tensor nn = at::empty({n, k}, x.options().dtype(at::kLong));
   const at::Tensor in_knn = at::empty({n, n}, x.options().dtype(at::kByte));

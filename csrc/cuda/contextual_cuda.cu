@@ -8,8 +8,13 @@ namespace ssml_fast::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// Grid sizes stay within the 2^31 - 1 limit of grid.x (n * n entries pass it at n = 741k).
+constexpr int64_t kMaxBlocks = int64_t(1) << 30;
 
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+inline unsigned blocks_for(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(b < kMaxBlocks ? b : kMaxBlocks);
+}
 
 template <typename T>
 __global__ void row_norms_kernel(const T* gram, T* inv, T* s, int64_t n, T eps) {
@@ -33,13 +38,9 @@ __global__ void sqdist_kernel(const T* gram, const T* inv, const T* s, const int
   d2[t] = unit_sqdist<T>(gram[a * n + b], s[a], s[b], inv[a], inv[b], a == b);
 }
 
-// grid (ceil(n / kThreads), n): x over columns j, y over rows i.
 template <typename T>
-__global__ void rank_kernel(const T* d2, const int64_t* ids, int64_t n, int64_t k, int64_t* nn, uint8_t* in_knn) {
-  const int64_t i = blockIdx.y;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= n) return;
-  const T* row = d2 + i * n;
+__device__ void rank_entry(const T* row, const int64_t* ids, int64_t i, int64_t j, int64_t n, int64_t k, int64_t* nn,
+                           uint8_t* in_knn) {
   const int gj = neighbour_group(i, j, ids);
   const T dj = row[j];
   int64_t rank = 0;
@@ -47,6 +48,18 @@ __global__ void rank_kernel(const T* d2, const int64_t* ids, int64_t n, int64_t 
     rank += ranks_before<T>(neighbour_group(i, l, ids), row[l], l, gj, dj, j);
   in_knn[i * n + j] = rank < k;
   if (rank < k) nn[i * k + rank] = j;
+}
+
+// Blocks of kThreads consecutive columns of one row (a block's threads share the row it scans), grid-stride
+// over the n * ceil(n / kThreads) blocks: a 1-D grid, so n is not bound by the 65535 limit of grid.y.
+template <typename T>
+__global__ void rank_kernel(const T* d2, const int64_t* ids, int64_t n, int64_t k, int64_t* nn, uint8_t* in_knn) {
+  const int64_t per_row = (n + kThreads - 1) / kThreads;
+  for (int64_t blk = blockIdx.x; blk < n * per_row; blk += gridDim.x) {
+    const int64_t i = blk / per_row;
+    const int64_t j = (blk - i * per_row) * kThreads + threadIdx.x;
+    if (j < n) rank_entry<T>(d2 + i * n, ids, i, j, n, k, nn, in_knn);
+  }
 }
 
 __global__ void mutual_kernel(const uint8_t* in_knn, int64_t n, int64_t W, uint64_t* rb, int32_t* rsize) {
@@ -89,7 +102,7 @@ __global__ void combine_kernel(const T* d2, const T* wt, const T* what, const in
     }
   }
   const T inv_m = T(1) / static_cast<T>(m);
-  const T c = (a * inv_m + b * inv_m) / T(2);
+  const T c = contextual_symmetric_part<T>(a, b, inv_m);
   const T p = exp(d2[t] * neg_inv_sigma);  // the CPU kernel's at::exp(d2 * (-1 / sigma))
   w_c[t] = static_cast<float>(c);
   w_p[t] = static_cast<float>(p);
@@ -108,8 +121,9 @@ void contextual_sqdist(const T* gram, T* inv, T* s, const int64_t* rep, int64_t 
 template <typename T>
 void contextual_rank(const T* d2, const int64_t* ids, int64_t n, int64_t k, int64_t* nn, uint8_t* in_knn,
                      cudaStream_t stream) {
-  const dim3 grid(blocks_for(n), static_cast<unsigned>(n));
-  rank_kernel<T><<<grid, kThreads, 0, stream>>>(d2, ids, n, k, nn, in_knn);
+  const int64_t blocks = n * ((n + kThreads - 1) / kThreads);
+  rank_kernel<T><<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks), kThreads, 0, stream>>>(
+      d2, ids, n, k, nn, in_knn);
 }
 
 void contextual_mutual(const uint8_t* in_knn, int64_t n, uint64_t* rb, int32_t* rsize, cudaStream_t stream) {

@@ -22,8 +22,12 @@ struct CudaLaunch {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   template <typename T>
-  static void tile_sqdist(T* tile, const T* sq, int64_t b0, int64_t nb, int64_t n) {
-    cuda::rerank_tile_sqdist<T>(tile, sq, b0, nb, n, stream());
+  static void tile_sqdist(T* tile, const T* sq, const int64_t* rep, int64_t b0, int64_t nb, int64_t n) {
+    cuda::rerank_tile_sqdist<T>(tile, sq, rep, b0, nb, n, stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  static void zero_copies(const int64_t* rep, int64_t q, int64_t g, float* out) {
+    cuda::rerank_zero_copies(rep, q, g, out, stream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   template <typename T>
@@ -63,12 +67,15 @@ struct CudaLaunch {
 
 at::Tensor kreciprocal_rerank_cuda(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
                                    double lambda_value) {
+  check_rerank_features(query, gallery);  // before the guard: a CPU tensor must raise, not fault
   c10::cuda::CUDAGuard guard(query.device());
   return kreciprocal_rerank_gpu_algorithm<CudaLaunch>(query, gallery, k1, k2, lambda_value);
 }
 
 at::Tensor kreciprocal_rerank_topk_cuda(const at::Tensor& distances, const at::Tensor& indices, int64_t num_query,
                                         int64_t k1, int64_t k2, double lambda_value) {
+  TORCH_CHECK_VALUE(indices.device() == distances.device(), "indices is on ", indices.device(),
+                    " but distances is on ", distances.device());
   c10::cuda::CUDAGuard guard(distances.device());
   return kreciprocal_rerank_topk_gpu_algorithm<CudaLaunch>(distances, indices, num_query, k1, k2, lambda_value);
 }

@@ -24,11 +24,15 @@ __global__ void sqnorms_kernel(const T* x, int64_t n, int64_t d, T* sq) {
 }
 
 template <typename T>
-__global__ void tile_sqdist_kernel(T* tile, const T* sq, int64_t b0, int64_t nb, int64_t n) {
+__global__ void tile_sqdist_kernel(T* tile, const T* sq, const int64_t* rep, int64_t b0, int64_t nb, int64_t n) {
   for (int64_t t = first_index(); t < nb * n; t += grid_stride()) {
     const int64_t r = t / n, j = t - r * n;
-    tile[t] = b0 + r == j ? T(0) : rerank_sqdist(sq[b0 + r], sq[j], tile[t]);
+    tile[t] = rerank_tile_sqdist_entry(tile[t], sq, rep, b0 + r, j);
   }
+}
+
+__global__ void zero_copies_kernel(const int64_t* rep, int64_t q, int64_t g, float* out) {
+  for (int64_t t = first_index(); t < q * g; t += grid_stride()) rerank_zero_copy_entry(rep, q, g, t / g, t % g, out);
 }
 
 template <typename T>
@@ -92,8 +96,14 @@ void rerank_row_sqnorms(const T* x, int64_t n, int64_t d, T* sq, cudaStream_t st
 }
 
 template <typename T>
-void rerank_tile_sqdist(T* tile, const T* sq, int64_t b0, int64_t nb, int64_t n, cudaStream_t stream) {
-  tile_sqdist_kernel<T><<<blocks_for(nb * n), kThreads, 0, stream>>>(tile, sq, b0, nb, n);
+void rerank_tile_sqdist(T* tile, const T* sq, const int64_t* rep, int64_t b0, int64_t nb, int64_t n,
+                        cudaStream_t stream) {
+  tile_sqdist_kernel<T><<<blocks_for(nb * n), kThreads, 0, stream>>>(tile, sq, rep, b0, nb, n);
+}
+
+void rerank_zero_copies(const int64_t* rep, int64_t q, int64_t g, float* out, cudaStream_t stream) {
+  if (q * g == 0) return;
+  zero_copies_kernel<<<blocks_for(q * g), kThreads, 0, stream>>>(rep, q, g, out);
 }
 
 template <typename T>
@@ -133,7 +143,7 @@ void rerank_topk_out(const T* D, const int64_t* I, int64_t K, int64_t q, int64_t
 
 #define SSML_INSTANTIATE(T)                                                                                    \
   template void rerank_row_sqnorms<T>(const T*, int64_t, int64_t, T*, cudaStream_t);                          \
-  template void rerank_tile_sqdist<T>(T*, const T*, int64_t, int64_t, int64_t, cudaStream_t);                  \
+  template void rerank_tile_sqdist<T>(T*, const T*, const int64_t*, int64_t, int64_t, int64_t, cudaStream_t);  \
   template void rerank_tile_out<T>(const T*, const T*, int64_t, int64_t, int64_t, int64_t, float, float*,      \
                                    cudaStream_t);                                                              \
   template void rerank_expand<RerankFeatureDist<T>>(const RerankExpandArgs&, const RerankFeatureDist<T>&,      \

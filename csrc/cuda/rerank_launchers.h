@@ -13,9 +13,14 @@ namespace ssml_fast::cuda {
 template <typename T>
 void rerank_row_sqnorms(const T* x, int64_t n, int64_t d, T* sq, cudaStream_t stream);
 
-// tile (nb, n) Gram rows b0.. of the joint set -> squared distances in place, clamped at 0, diagonal 0.
+// tile (nb, n) Gram rows b0.. of the joint set -> squared distances in place, clamped at 0, 0 between exact
+// copies (rep (n,): each row's lowest-index copy) and on the diagonal.
 template <typename T>
-void rerank_tile_sqdist(T* tile, const T* sq, int64_t b0, int64_t nb, int64_t n, cudaStream_t stream);
+void rerank_tile_sqdist(T* tile, const T* sq, const int64_t* rep, int64_t b0, int64_t nb, int64_t n,
+                        cudaStream_t stream);
+
+// out (q, g) = 0 where query i and gallery row j are exact copies.
+void rerank_zero_copies(const int64_t* rep, int64_t q, int64_t g, float* out, cudaStream_t stream);
 
 // Query rows b0 .. b0 + nbq of out (q, n - q) = lambda * dn from the distance tile and the row maxima.
 template <typename T>

@@ -49,7 +49,9 @@ def contextual_similarity(
     Computed in float32 (float64 for float64 input) without autograd: it is a training target. Cost: the
     n x n x d GEMM plus about n^2 + n k^2 / 2 steps (a GEMM takes over the expansion when k is a large share
     of n).
-    Rows with NaN or infinite values raise ValueError.
+    Rows with NaN or infinite values raise ValueError. w does not depend on the scale of teacher_emb (rows far
+    beyond float32's squarable range, ~1e19, are brought to scale by an exact power of two first); the Gram GEMM
+    runs in full float32 whatever the TF32 settings.
     Returns w (n, n) float32 on teacher_emb's device, or ContextualSimilarity(w, w_p, w_c) with
     return_parts=True. w, w_p and w_c are exactly symmetric.
     """

@@ -34,6 +34,13 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
+def _clamp_k(k1: int, k2: int, n: int) -> tuple[int, int]:
+    """k1, k2 beyond the joint set of n rows change nothing (the lists are truncated to n; k1 = 2n already
+    truncates both): clamped, so any Python int reaches the op as a valid int64 (the op clamps too)."""
+    cap = 2 * max(n, 1)
+    return min(k1, cap), min(k2, cap)
+
+
 def kreciprocal_rerank(
     query,
     gallery: torch.Tensor | None = None,
@@ -51,6 +58,13 @@ def kreciprocal_rerank(
       kreciprocal_rerank((distances, indices), num_query=q): top-K neighbour lists over the joint set of
         N = q + g rows (queries first), e.g. from faiss: distances (N, K) squared euclidean, non-decreasing
         along each row, indices (N, K) int64, K >= k1 + 1 (or N). No feature and no N x N distance is needed.
+
+    Inputs must be finite (ValueError otherwise). The result does not depend on the features' scale: they are
+    brought to scale by an exact power of two, so x * 1e20 re-ranks like x. Exact copies of a row are at squared
+    distance exactly 0 from each other and at re-ranked distance 0 (collapsed features give all zeros). With
+    top-K lists, distances must be >= 0, non-decreasing along each row, and row i must list i itself (unless every
+    listed distance of the row is 0: exact copies of it may then fill the list).
+    k1 or k2 beyond the joint set are truncated (any int is accepted).
 
     mode="reference" gives the numbers of the widely used numpy re-ranking code over the joint set:
       d      = squared euclidean distances (clamped at 0, exactly 0 on the diagonal), each row divided by its
@@ -109,9 +123,9 @@ def kreciprocal_rerank(
                 raise ValueError(f"num_query={num_query} exceeds the {n} rows of the lists")
             if K < min(k1 + 1, n):
                 raise ValueError(f"the lists hold {K} neighbours per row but k1={k1} needs {min(k1 + 1, n)}")
-            _check_finite("distances", distances)
-            if K > 1 and bool((distances[:, 1:] < distances[:, :-1]).any()):
-                raise ValueError("distances must be non-decreasing along each row (nearest first)")
+            k1, k2 = _clamp_k(k1, k2, n)
+            # The value rules (finite, >= 0, non-decreasing, each row listing itself, indices in range and
+            # unique) are checked by the op in its own pass: no data is read here, so this stays traceable.
             d = distances.to(_checks.compute_dtype(distances))
             return torch.ops.ssml_fast.kreciprocal_rerank_topk(
                 d, indices.long(), num_query, k1, k2, float(lambda_value))
@@ -124,18 +138,36 @@ def kreciprocal_rerank(
         _checks.check_embeddings("gallery", gallery)
         _checks.check_same_dim("gallery", query, gallery)
         _checks.check_same_device("gallery", gallery, query.device)
-        _check_finite("query", query)
-        _check_finite("gallery", gallery)
+        # NaN / inf are rejected by the op (with the scale check it makes anyway): nothing is read here.
+        k1, k2 = _clamp_k(k1, k2, query.shape[0] + gallery.shape[0])
         dtype = torch.float64 if torch.float64 in (query.dtype, gallery.dtype) else torch.float32
         return torch.ops.ssml_fast.kreciprocal_rerank(
             query.to(dtype), gallery.to(dtype), k1, k2, float(lambda_value))
+
+
+def _self_first(dist: "np.ndarray", idx: "np.ndarray"):
+    """Lists with each row i first in its own list at distance 0: faiss may leave i out among more than k exact
+    copies (all at distance 0). Row i's other entries keep their order; the last one makes room if needed."""
+    import numpy as np
+
+    n, k = idx.shape
+    rows = np.arange(n)
+    is_self = idx == rows[:, None]
+    if is_self[:, 0].all():
+        return dist, idx
+    keep = ~is_self
+    keep[~is_self.any(axis=1), -1] = False  # no self entry: drop the last neighbour instead
+    rest_d = dist[keep].reshape(n, k - 1)
+    rest_i = idx[keep].reshape(n, k - 1)
+    return (np.concatenate([np.zeros((n, 1), dist.dtype), rest_d], 1),
+            np.concatenate([rows[:, None].astype(idx.dtype), rest_i], 1))
 
 
 def topk_neighbors(features: torch.Tensor, k: int, use_faiss: bool | None = None):
     """The k nearest rows of every row of features (N, d) by squared euclidean distance, self included.
 
     Returns (distances (N, k) float32, indices (N, k) int64), nearest first — the input kreciprocal_rerank
-    takes as top-K lists. use_faiss=None uses faiss (exact IndexFlatL2) when it is installed and N >= 20,000,
+    takes as top-K lists. Each row lists itself first, at distance 0 (also among exact copies of it). use_faiss=None uses faiss (exact IndexFlatL2) when it is installed and N >= 20,000,
     otherwise a blocked torch GEMM + topk on the features' device (memory: one 4096 x N tile at a time).
     Exactly tied distances may come in either order here (faiss and torch.topk do not promise one).
     """
@@ -160,16 +192,19 @@ def topk_neighbors(features: torch.Tensor, k: int, use_faiss: bool | None = None
             index = faiss.IndexFlatL2(x.shape[1])
             index.add(x)
             dist, idx = index.search(x, k)
-            return (torch.from_numpy(np.maximum(dist, 0)).to(features.device),
-                    torch.from_numpy(idx).to(features.device))
+            dist, idx = _self_first(np.maximum(dist, 0), idx)
+            return torch.from_numpy(dist).to(features.device), torch.from_numpy(idx).to(features.device)
         x = features.detach().to(_checks.compute_dtype(features))
         sq = (x * x).sum(1)
         out_d, out_i = [], []
         for b in range(0, n, 4096):
             xb = x[b:b + 4096]
             d = (sq[b:b + 4096, None] + sq[None, :] - 2 * xb @ x.T).clamp_min_(0)
-            d[torch.arange(xb.shape[0], device=x.device), torch.arange(b, b + xb.shape[0], device=x.device)] = 0
+            # -1 on the diagonal puts each row first in its own list even among exact copies (distance-0 ties),
+            # which kreciprocal_rerank requires; it is written back as 0.
+            d[torch.arange(xb.shape[0], device=x.device), torch.arange(b, b + xb.shape[0], device=x.device)] = -1
             vals, idx = torch.topk(d, k, dim=1, largest=False, sorted=True)
+            vals[:, 0] = 0
             out_d.append(vals.float())
             out_i.append(idx)
         return torch.cat(out_d), torch.cat(out_i)
