@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..ops._checks import check_int
-from ._inputs import as_embeddings
+from ._inputs import as_float_array, common_scale, to_float32
 
 METRICS = ("euclidean", "cosine", "inner_product")
 
@@ -142,8 +142,13 @@ def knn_search(
         indices: (Nq, k) int64 row indices into the gallery (into `query` for leave-one-out).
         Ties are ordered as faiss returns them.
     """
-    q = as_embeddings("query", query)
-    g = None if gallery is None else as_embeddings("gallery", gallery)
+    q_raw = as_float_array("query", query)
+    g_raw = None if gallery is None else as_float_array("gallery", gallery)
+    # One exact power-of-two scale for both sides when float32 squares would over- or underflow (see
+    # _inputs.common_scale); the scores are returned in the input's scale.
+    scale = common_scale(q_raw, g_raw)
+    q = to_float32(q_raw, scale)
+    g = None if g_raw is None else to_float32(g_raw, scale)
     k = check_int("k", k)
     if g is not None and g.shape[1] != q.shape[1]:
         raise ValueError(f"gallery has dimension {g.shape[1]} but query has {q.shape[1]}")
@@ -156,4 +161,9 @@ def knn_search(
     for start, s, i in iter_knn_chunks(q, k, g, metric, chunk_size, use_gpu):
         scores[start:start + len(i)] = s
         indices[start:start + len(i)] = i
+    if scale != 1.0 and metric != "cosine":
+        # Back to the input's scale, in float64 first (a result beyond float32's range becomes inf).
+        unscale = 1.0 / scale if metric == "euclidean" else 1.0 / (scale * scale)
+        with np.errstate(over="ignore"):
+            scores = (scores.astype(np.float64) * unscale).astype(np.float32)
     return torch.from_numpy(scores), torch.from_numpy(indices)

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import normalized_mutual_info_score
 
 from ..ops._checks import check_int
-from ._inputs import as_embeddings, as_labels
+from ._inputs import as_float_array, as_labels, common_scale, to_float32
 from .knn import check_metric, iter_knn_chunks, prepare, resolve_gpu
 
 
@@ -59,22 +59,30 @@ def retrieval_metrics(
           the L2-normalised rows. Only with `nmi=True`.
         Queries whose label has no other sample in the gallery have no defined answer: they are left out
         of every ranking metric (as in PML) with a warning; if no query is left, those metrics are NaN.
-        Ties in distance are ordered as faiss returns them.
+        Ties in distance are ordered as faiss returns them. The search runs in float32 on the embeddings
+        brought to scale by one exact power of two (queries and gallery alike) when their coordinates are
+        beyond 2^40 or below 2^-40, so large-scale (or float64) embeddings rank as they should.
     """
     metric = check_metric(metric)
-    q = as_embeddings("emb", emb)
-    q_labels = as_labels("labels", labels, q.shape[0])
+    q_raw = as_float_array("emb", emb)
+    q_labels = as_labels("labels", labels, q_raw.shape[0])
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery and gallery_labels must be given together")
     if gallery is None:
-        g, g_labels = None, q_labels
-        gallery_size = q.shape[0] - 1
+        g_raw, g_labels = None, q_labels
+        gallery_size = q_raw.shape[0] - 1
     else:
-        g = as_embeddings("gallery", gallery)
-        g_labels = as_labels("gallery_labels", gallery_labels, g.shape[0])
-        if g.shape[1] != q.shape[1]:
-            raise ValueError(f"gallery has dimension {g.shape[1]} but emb has {q.shape[1]}")
-        gallery_size = g.shape[0]
+        g_raw = as_float_array("gallery", gallery)
+        g_labels = as_labels("gallery_labels", gallery_labels, g_raw.shape[0])
+        if g_raw.shape[1] != q_raw.shape[1]:
+            raise ValueError(f"gallery has dimension {g_raw.shape[1]} but emb has {q_raw.shape[1]}")
+        gallery_size = g_raw.shape[0]
+    # One scale for queries and gallery (rankings are scale-invariant), applied in the input's precision
+    # before the float32 search: large or tiny embeddings (float64 ones beyond float32's range included)
+    # neither overflow to inf nor underflow to 0, which would tie every neighbour.
+    scale = common_scale(q_raw, g_raw)
+    q = to_float32(q_raw, scale)
+    g = None if g_raw is None else to_float32(g_raw, scale)
     ks = _check_ks(ks, gallery_size)
     if not isinstance(nmi, bool):
         raise TypeError(f"nmi must be a bool, got {type(nmi).__name__}")
