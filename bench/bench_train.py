@@ -5,7 +5,9 @@ Run: .venv/bin/python bench/bench_train.py            (prints the table, writes 
 or:  .venv/bin/python -m pytest bench/bench_train.py --benchmark-enable -s
 SSML_BENCH_THREADS sets torch's intra-op threads (default 1), SSML_BENCH_STEPS the timed steps per method
 (default 30, after SSML_BENCH_WARMUP = 5 untimed ones), SSML_BENCH_METHODS a comma list (default: every
-entry of ssml_fast.methods.METHODS, so methods registered later are picked up).
+entry of ssml_fast.methods.METHODS, so methods registered later are picked up), SSML_BENCH_OUT the markdown
+path. A method whose step changes after a number of steps (stml_memory uses its memory after
+`memory_warmup` steps) is warmed up past it, so the table times its steady-state step.
 
 Issue 8 target: the step overhead outside the network's forward / backward (data, augmentation, loss,
 mining, optimiser, hooks) is <= 15 % of a supervised step at batch 128 on a CPU.
@@ -68,7 +70,7 @@ DATASET = "mnist5k"
 PHASES = ("data", "augment", "net_fwd", "loss_fwd", "loss_bwd", "net_bwd", "after_backward", "optimizer",
           "after_step", "loop", "epoch")
 NETWORK_PHASES = ("net_fwd", "net_bwd")
-RESULTS = Path(__file__).with_name("results_train.md")
+RESULTS = Path(os.environ.get("SSML_BENCH_OUT") or Path(__file__).with_name("results_train.md"))
 
 
 def bench_methods() -> list[str]:
@@ -288,8 +290,9 @@ def run_phase_split(names=None, steps: int = STEPS, warmup: int = WARMUP, check_
         except Exception as e:  # a method being written may not build yet: report it, time the others
             failed[n] = f"{type(e).__name__}: {e}"
             print(f"{n}: could not be built, not timed ({failed[n]})")
-    for _ in range(warmup):
-        for r in runners.values():
+    for r in runners.values():
+        # Past any step-count warm-up in the config (a memory bank that is used after memory_warmup steps).
+        for _ in range(max(warmup, int(getattr(r.method.config, "memory_warmup", 0) or 0) + 5)):
             r.step(record=False)
     for _ in range(steps):
         for r in runners.values():
@@ -379,7 +382,8 @@ Machine: {machine()}. Load average (1 min) {load_before:.2f} before, {load_after
 absolute times are noisy; the methods ran round-robin, one step each per round.
 
 Each method at its "small" preset, {DATASET} (train classes 0-4, 2,250 training images), batch {BATCH}, CPU,
-{next(iter(timed.values()))['steps']} timed steps after {WARMUP} warm-up steps; medians in ms. Network modules timed
+{next(iter(timed.values()))['steps']} timed steps after {WARMUP} warm-up steps (memory_warmup + 5 for a method with a
+memory warm-up); medians in ms. Network modules timed
 as "net": {nets}. Phases and the way network and loss are separated: see the docstring of bench/bench_train.py.
 "hooks" = after_backward + after_step; "epoch" = per-epoch hooks spread over the epoch's steps; "loss bwd
 (grad check)" = `autograd.grad(loss, network outputs)` timed on 10 separate steps, a cross-check of the

@@ -28,8 +28,9 @@ change any preset: the winners are for the lead to apply.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -151,6 +152,28 @@ def train_and_validate(name: str, overrides: dict, seed: int, split, eval_varian
     return _scores(res["test"], seconds, cfg.epochs), variants
 
 
+def baselines(split, seeds) -> dict:
+    """Reference scores on the validation classes: raw pixels, and the untrained network (the supervised
+    small preset's, at random init) for each seed: a self-supervised candidate should beat it."""
+    from ssml_fast.evaluation import retrieval_metrics
+    from ssml_fast.methods import get_method, make_config
+    from ssml_fast.train import data_info, evaluate_method
+
+    out = {"raw pixels": _scores(retrieval_metrics(split.test_images.flatten(1), split.test_labels,
+                                                   metric="euclidean"), 0.0, 0)}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        net = get_method("supervised")(make_config("supervised", "small"), data_info(split))
+        out[f"untrained (seed {seed})"] = _scores(evaluate_method(net, split.test_images, split.test_labels, "cpu"),
+                                                  0.0, 0)
+    return out
+
+
+def baselines_markdown(base: dict) -> list[str]:
+    return ["Reference on the same validation classes: " + "; ".join(
+        f"{k} MAP@R {v['map_at_r']:.4f} / R@1 {v['recall@1']:.4f}" for k, v in base.items()) + ".", ""]
+
+
 class Selection:
     def __init__(self, methods, budget_s: float, seeds=(0, 1)):
         self.methods = methods
@@ -162,6 +185,9 @@ class Selection:
         self.skipped: dict[str, list] = {m: [] for m in methods}
         self.sec_per_epoch: dict[str, float] = {}
         self.start = time.perf_counter()
+        self.baselines: dict = {}
+        self.previous_commands: list = []
+        self.previous_seconds = 0.0
         from ssml_fast.methods import make_config
 
         self.variants: dict[str, list] = {}   # method -> [(label, overrides, trained candidate)]
@@ -195,7 +221,29 @@ class Selection:
             return 0.0  # the first run of a method: no estimate yet
         return self.sec_per_epoch[m] * make_config(m, "small", [("candidate", overrides)]).epochs
 
+    def load(self, path: Path) -> None:
+        """Takes the finished runs (and commands, minutes) of an earlier report at `path` (--continue)."""
+        match = re.search(r"<!-- select_presets state: (.*?) -->", path.read_text()) if path.is_file() else None
+        if match is None:
+            raise SystemExit(f"--continue: no select_presets state in {path}")
+        state = json.loads(match.group(1))
+        self.previous_commands = state["commands"]
+        self.previous_seconds = state["seconds"]
+        for m, by_label in state["results"].items():
+            for label, by_seed in by_label.items():
+                if m in self.results and label in self.results[m]:
+                    self.results[m][label].update({int(k): v for k, v in by_seed.items()})
+                    for r in by_seed.values():
+                        if r["seconds"] > 0 and r["epochs"]:
+                            self.sec_per_epoch[m] = r["seconds"] / r["epochs"]
+
+    def state(self, command: str) -> str:
+        return json.dumps({"commands": self.previous_commands + [command],
+                           "seconds": self.previous_seconds + self.elapsed(), "results": self.results})
+
     def run(self, m: str, label: str, overrides: dict, seed: int, split, log) -> bool:
+        if seed in self.results[m][label]:
+            return False  # done by an earlier invocation (--continue)
         est = self.estimate(m, overrides)
         if self.elapsed() + est > self.budget_s:
             self.skipped[m].append(f"{label} seed {seed} (estimated {est:.0f} s, "
@@ -257,10 +305,13 @@ def write_report(sel: Selection, command: str, path: Path, split_text: str, fini
     lines = [
         "# Small presets selected on a validation split of the training classes (bench/select_presets.py)",
         "",
-        f"Command: `{command}`",
+        "Command" + ("s, in order" if sel.previous_commands else "") + ": "
+        + ", then ".join(f"`{c}`" for c in sel.previous_commands + [command]),
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()}-core shared VM, CPU, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} intra-op thread(s); {sel.elapsed() / 60:.1f} min of a "
-        f"{sel.budget_s / 60:.0f} min budget{'' if finished else ' (RUN IN PROGRESS OR STOPPED: partial table)'}.",
+        f"{torch.__version__}, {torch.get_num_threads()} intra-op thread(s); "
+        f"{(sel.previous_seconds + sel.elapsed()) / 60:.1f} min in all (this invocation {sel.elapsed() / 60:.1f} "
+        f"min of a {sel.budget_s / 60:.0f} min budget)"
+        f"{'' if finished else ' (RUN IN PROGRESS OR STOPPED: partial table)'}.",
         "",
         f"Split: {split_text}. The split's `test` fields hold the validation classes {list(VAL_CLASSES)}; "
         f"classes 5-9 (the test classes of the default mnist5k split) are dropped before splitting and never "
@@ -272,20 +323,24 @@ def write_report(sel: Selection, command: str, path: Path, split_text: str, fini
         "3 -> 2 classes is evidence, not proof, for 5 -> 5. Differences smaller than the seed-to-seed spread are "
         "noise.",
         "",
-    ]
-    summary = ["## Winners", "", "| method | winner | overrides of the current small preset | val MAP@R | "
-               "preset val MAP@R | margin | seed spread (preset) |", "|---|---|---|---|---|---|---|"]
+    ] + (baselines_markdown(sel.baselines) if sel.baselines else [])
+    untrained = [v["map_at_r"] for k, v in sel.baselines.items() if k.startswith("untrained")]
+    untrained = statistics.mean(untrained) if untrained else float("nan")
+    summary = ["## Winners", "", f"Untrained network, mean of the seeds: {untrained:.4f}.", "",
+               "| method | winner | overrides of the current small preset | val MAP@R | "
+               "preset val MAP@R | margin | seed spread (preset) | winner - untrained |",
+               "|---|---|---|---|---|---|---|---|"]
     body = []
     for m in sel.methods:
         rows = list(sel.grid[m]) + [(label, sel.overrides(m, label)) for label, _, _ in sel.variants[m]]
         grid = dict(rows)
         body += [f"## {m}", "", f"Current small preset: `{_preset_repr(m)}`", "",
                  f"| candidate | overrides | MAP@R seed {s0} | R@1 seed {s0} | MAP@R seed {s1} | R@1 seed {s1} | "
-                 "mean MAP@R | NMI (seed 0) | seconds (seed 0) |", "|---|---|---|---|---|---|---|---|---|"]
+                 "mean MAP@R (both seeds) | NMI (seed 0) | seconds (seed 0) |", "|---|---|---|---|---|---|---|---|---|"]
         for label, ov in rows:
             r = sel.results[m][label]
             a, b = r.get(s0), r.get(s1)
-            mean = statistics.mean(x["map_at_r"] for x in (a, b) if x) if (a or b) else None
+            mean = statistics.mean(x["map_at_r"] for x in (a, b)) if (a and b) else None
             body.append(f"| {label} | `{_ov_repr(ov)}` | {_fmt(a, 'map_at_r')} | {_fmt(a, 'recall@1')} | "
                         f"{_fmt(b, 'map_at_r')} | {_fmt(b, 'recall@1')} | "
                         f"{f'{mean:.4f}' if mean is not None else '-'} | {_fmt(a, 'nmi')} | "
@@ -294,7 +349,7 @@ def write_report(sel: Selection, command: str, path: Path, split_text: str, fini
         body.append("")
         if best is None:
             body.append("Winner: none (no run finished).")
-            summary.append(f"| {m} | - | - | - | - | - | - |")
+            summary.append(f"| {m} | - | - | - | - | - | - | - |")
         else:
             pr = sel.results[m].get("preset", {})
             p_mean = (statistics.mean(pr[s]["map_at_r"] for s in sel.seeds) if all(s in pr for s in sel.seeds)
@@ -307,7 +362,8 @@ def write_report(sel: Selection, command: str, path: Path, split_text: str, fini
                         f"preset {p_mean:.4f}, margin {margin:+.4f}"
                         f"{f', preset seed spread {spread:.4f}' if spread is not None else ''}{noise}.")
             summary.append(f"| {m} | {best} | `{_ov_repr(grid[best])}` | {score:.4f} ({how}) | {p_mean:.4f} | "
-                           f"{margin:+.4f} | {f'{spread:.4f}' if spread is not None else '-'} |")
+                           f"{margin:+.4f} | {f'{spread:.4f}' if spread is not None else '-'} | "
+                           f"{score - untrained:+.4f} |")
         for label, _, base in sel.variants[m]:
             body.append(f"- {label}: the {base} model of the same seed, evaluated with this setting (not trained "
                         "again; its seconds are the training run's)")
@@ -316,7 +372,8 @@ def write_report(sel: Selection, command: str, path: Path, split_text: str, fini
         for note in sel.skipped[m]:
             body.append(f"- skipped for the budget: {note}")
         body.append("")
-    path.write_text("\n".join(lines + summary + [""] + body))
+    state = f"<!-- select_presets state: {sel.state(command)} -->"
+    path.write_text("\n".join(lines + summary + [""] + body + [state, ""]))
 
 
 def _fmt_s(r: dict | None) -> str:
@@ -341,6 +398,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1", help="first seed for every candidate, second for the top ones")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--dry-run", action="store_true", help="list the candidates and exit")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="keep the runs recorded in --out and do only the missing ones (within this budget)")
     args = p.parse_args(argv)
 
     from ssml_fast.methods import available_methods, get_method
@@ -357,8 +416,11 @@ def main(argv=None) -> int:
         for m in methods:
             print(m, [label for label, _ in sel.grid[m]], sel.invalid.get(m, []))
         return 0
+    if args.cont:
+        sel.load(Path(args.out))
     split = validation_split()
     split_text = split.describe()
+    sel.baselines = baselines(split, seeds)
     command = "python bench/select_presets.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
     log = lambda s: print(s, flush=True)  # noqa: E731
