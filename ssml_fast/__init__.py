@@ -3,6 +3,9 @@ import torch  # noqa: F401  (must load before _C: the extension links against li
 
 from . import _C
 from . import ops
+from . import distances
+from . import reducers
+from . import regularizers
 from . import losses
 from . import memory
 from . import miners
@@ -17,4 +20,4 @@ def build_info() -> dict:
     return dict(_C.build_info())
 
 
-__all__ = ["ops", "losses", "memory", "miners", "samplers", "evaluation", "build_info", "__version__"]
+__all__ = ["ops", "distances", "reducers", "regularizers", "losses", "memory", "miners", "samplers", "evaluation", "build_info", "__version__"]

@@ -77,7 +77,10 @@ class PlainMemory:
         self.size, self.rows = size, []
 
     def reference(self, emb, labels, ids):
-        kept = [r for r in self.rows if ids is None or int(r[2]) not in ids.tolist()]
+        # PML's memory_size counts the batch too: the newest size - B past rows, minus the batch's ids
+        keep = max(0, self.size - len(emb))
+        recent = self.rows[max(0, len(self.rows) - keep):] if keep else []
+        kept = [r for r in recent if ids is None or int(r[2]) not in ids.tolist()]
         ref = torch.cat([emb] + [r[0][None] for r in kept])
         ref_labels = torch.cat([labels, torch.tensor([int(r[1]) for r in kept], dtype=torch.long)])
         return ref, ref_labels
@@ -103,11 +106,11 @@ def batches(steps, b=6, dim=4, n_ids=14, seed=0):
                                                  ("cosine", "sum")])
 def test_triplet_equals_plain_loss_on_batch_plus_memory(mining, distance, reduction):
     margin = 0.5 if distance != "sqeuclidean" else 2.0
-    xbm = CrossBatchMemory(TripletMarginLoss(margin, mining, distance, reduction), size=10)
+    xbm = CrossBatchMemory(TripletMarginLoss(margin, mining=mining, distance=distance, reduction=reduction), memory_size=10)
     plain = PlainMemory(10)
     for emb, labels, ids in batches(6):  # 36 rows through a 10-slot memory: wraps several times
         x = emb.clone().requires_grad_(True)
-        got = xbm(x, labels, ids)
+        got = xbm(x, labels, ids=ids)
         got.backward()
         y = emb.clone().requires_grad_(True)
         ref, ref_labels = plain.reference(y, labels, ids)
@@ -120,8 +123,8 @@ def test_triplet_equals_plain_loss_on_batch_plus_memory(mining, distance, reduct
 
 def test_triplet_equals_the_loss_given_explicit_self_free_triplets():
     # The same value through the loss's own indices_tuple path, with every (a, p, n), p != a, listed.
-    loss = TripletMarginLoss(0.3, "all")
-    xbm = CrossBatchMemory(TripletMarginLoss(0.3, "all"), size=8)
+    loss = TripletMarginLoss(0.3, mining="all", distance="euclidean")
+    xbm = CrossBatchMemory(TripletMarginLoss(0.3, mining="all", distance="euclidean"), memory_size=8)
     plain = PlainMemory(8)
     for emb, labels, ids in batches(4, seed=1):
         ref, ref_labels = plain.reference(emb, labels, ids)
@@ -129,22 +132,22 @@ def test_triplet_equals_the_loss_given_explicit_self_free_triplets():
                 if ref_labels[p] == labels[i] and p != i and ref_labels[n] != labels[i]]
         a, p, n = (torch.tensor(t, dtype=torch.long) for t in zip(*trip))
         expected = loss(emb, labels, (a, p, n), ref, ref_labels)
-        assert torch.allclose(xbm(emb, labels, ids), expected, atol=1e-12)
+        assert torch.allclose(xbm(emb, labels, ids=ids), expected, atol=1e-12)
         plain.enqueue(emb, labels, ids)
 
 
 def test_repeated_batch_with_ids_equals_in_batch_loss():
     # The memory's copies of the batch are superseded by the fresh rows: only the batch is left.
-    loss = TripletMarginLoss(0.2, "all")
-    xbm = CrossBatchMemory(TripletMarginLoss(0.2, "all"), size=32)
+    loss = TripletMarginLoss(0.2, mining="all", distance="euclidean")
+    xbm = CrossBatchMemory(TripletMarginLoss(0.2, mining="all", distance="euclidean"), memory_size=32)
     emb, labels, ids = next(batches(1, b=8, n_ids=8))
     for _ in range(3):
-        assert torch.allclose(xbm(emb, labels, ids), loss(emb, labels), atol=1e-12)
+        assert torch.allclose(xbm(emb, labels, ids=ids), loss(emb, labels), atol=1e-12)
     assert len(xbm.queue) == 24
 
 
 def test_without_ids_memory_is_used_whole():
-    xbm = CrossBatchMemory(TripletMarginLoss(0.5, "hard"), size=20)
+    xbm = CrossBatchMemory(TripletMarginLoss(0.5, mining="hard", distance="euclidean"), memory_size=20)
     plain = PlainMemory(20)
     for emb, labels, _ in batches(3, seed=2):
         ref, ref_labels = plain.reference(emb, labels, None)
@@ -154,11 +157,11 @@ def test_without_ids_memory_is_used_whole():
 
 
 def test_generic_pair_loss_excludes_self_pairs():
-    xbm = CrossBatchMemory(ContrastiveLoss(reduction="sum"), size=9)
+    xbm = CrossBatchMemory(ContrastiveLoss(reduction="sum", distance="euclidean"), memory_size=9)
     plain = PlainMemory(9)
     for step, (emb, labels, ids) in enumerate(batches(4, seed=3)):
         x = emb.clone().requires_grad_(True)
-        got = xbm(x, labels, ids)
+        got = xbm(x, labels, ids=ids)
         got.backward()
         y = emb.clone().requires_grad_(True)
         ref, ref_labels = plain.reference(y, labels, ids)
@@ -167,7 +170,7 @@ def test_generic_pair_loss_excludes_self_pairs():
         assert torch.allclose(got, expected, atol=1e-10)
         assert torch.allclose(x.grad, y.grad, atol=1e-10)
         if step == 0:  # empty memory: exactly the loss on the batch alone
-            assert torch.allclose(got, ContrastiveLoss(reduction="sum")(emb, labels), atol=1e-12)
+            assert torch.allclose(got, ContrastiveLoss(reduction="sum", distance="euclidean")(emb, labels), atol=1e-12)
         plain.enqueue(emb, labels, ids)
 
 
@@ -178,49 +181,49 @@ def test_miner_output_loses_its_self_pairs():
              if same[i, p] and not same[i, n]]
         return tuple(torch.tensor(c, dtype=torch.long) for c in zip(*t))
 
-    xbm = CrossBatchMemory(TripletMarginLoss(0.4, "all"), size=10, miner=all_triplets_including_self)
+    xbm = CrossBatchMemory(TripletMarginLoss(0.4, mining="all", distance="euclidean"), memory_size=10, miner=all_triplets_including_self)
     plain = PlainMemory(10)
     for emb, labels, ids in batches(3, seed=4):
         ref, ref_labels = plain.reference(emb, labels, ids)
         expected = plain_triplet(emb, labels, ref, ref_labels, 0.4, "all", "euclidean", "mean_nonzero")
-        assert torch.allclose(xbm(emb, labels, ids), expected, atol=1e-10)
+        assert torch.allclose(xbm(emb, labels, ids=ids), expected, atol=1e-10)
         plain.enqueue(emb, labels, ids)
 
 
 def test_state_dict_round_trip_continues_identically():
-    a = CrossBatchMemory(TripletMarginLoss(), size=10)  # lazily allocated memory
+    a = CrossBatchMemory(TripletMarginLoss(), memory_size=10)  # lazily allocated memory
     data = list(batches(6, seed=5))
     for emb, labels, ids in data[:3]:
-        a(emb.float(), labels, ids)
+        a(emb.float(), labels, ids=ids)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
-    b = CrossBatchMemory(TripletMarginLoss(), size=10)
+    b = CrossBatchMemory(TripletMarginLoss(), memory_size=10)
     b.load_state_dict(torch.load(buf))
     for emb, labels, ids in data[3:]:
-        assert torch.equal(a(emb.float(), labels, ids), b(emb.float(), labels, ids))
+        assert torch.equal(a(emb.float(), labels, ids=ids), b(emb.float(), labels, ids=ids))
     for x, y in zip(a.queue.get(), b.queue.get()):
         assert torch.equal(x, y)
 
 
 def test_memory_is_allocated_once_and_holds_detached_rows():
-    xbm = CrossBatchMemory(TripletMarginLoss(), size=12, dim=4)
+    xbm = CrossBatchMemory(TripletMarginLoss(), memory_size=12, embedding_size=4)
     ptr = xbm.queue.embeddings.data_ptr()
     for emb, labels, ids in batches(5, seed=6):
-        xbm(emb.float().requires_grad_(True), labels, ids)
+        xbm(emb.float().requires_grad_(True), labels, ids=ids)
     assert xbm.queue.embeddings.data_ptr() == ptr and not xbm.queue.embeddings.requires_grad
 
 
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: CrossBatchMemory(TripletMarginLoss(), size=0), "size"),
-        (lambda: CrossBatchMemory("triplet", size=4), "loss"),
-        (lambda: CrossBatchMemory(TripletMarginLoss(), 4)(torch.randn(3, 2), torch.zeros(2, dtype=torch.long)),
+        (lambda: CrossBatchMemory(TripletMarginLoss(), memory_size=0), "size"),
+        (lambda: CrossBatchMemory("triplet", memory_size=4), "loss"),
+        (lambda: CrossBatchMemory(TripletMarginLoss(), memory_size=4)(torch.randn(3, 2), torch.zeros(2, dtype=torch.long)),
          "labels"),
-        (lambda: CrossBatchMemory(TripletMarginLoss(), 4)(torch.randn(3, 2), torch.zeros(3, dtype=torch.long),
-                                                          torch.zeros(4, dtype=torch.long)), "ids"),
-        (lambda: CrossBatchMemory(TripletMarginLoss(), 4, dim=5)(torch.randn(3, 2), torch.zeros(3, dtype=torch.long)),
+        (lambda: CrossBatchMemory(TripletMarginLoss(), memory_size=4)(torch.randn(3, 2), torch.zeros(3, dtype=torch.long),
+                                                          ids=torch.zeros(4, dtype=torch.long)), "ids"),
+        (lambda: CrossBatchMemory(TripletMarginLoss(), memory_size=4, embedding_size=5)(torch.randn(3, 2), torch.zeros(3, dtype=torch.long)),
          "dimension"),
     ],
 )

@@ -59,7 +59,7 @@ def test_contrastive_cosine_matches_pml_cosine_similarity():
 def test_contrastive_ref_emb_and_mined_triplets_match_pml():
     x, y = batch(32, 4)
     r, ry = batch(20, 4, seed=1)
-    ours = L.ContrastiveLoss(0.5, 6.0)
+    ours = L.ContrastiveLoss(0.5, 6.0, distance="euclidean")
     pml = pml_losses.ContrastiveLoss(pos_margin=0.5, neg_margin=6.0, distance=EUCLID())
     assert_same(lambda e, m: ours(e, y, ref_emb=m, ref_labels=ry), lambda e, m: pml(e, y, ref_emb=m, ref_labels=ry),
                 x, r)
@@ -109,7 +109,7 @@ def test_lifted_with_mined_pairs_matches_pml():
     x, y = batch(40, 6, D=8)
     idx = pml_miners.MultiSimilarityMiner(0.5, distance=EUCLID())(x, y)
     pml = pml_losses.LiftedStructureLoss(neg_margin=5.0, pos_margin=0.5, distance=EUCLID())
-    assert_same(lambda e: L.LiftedStructureLoss(5.0, 0.5)(e, y, idx), lambda e: pml(e, y, idx), x)
+    assert_same(lambda e: L.LiftedStructureLoss(5.0, 0.5, "euclidean")(e, y, idx), lambda e: pml(e, y, idx), x)
 
 
 @pytest.mark.parametrize("similarity", ["cosine", "dot"])
@@ -184,7 +184,7 @@ def test_batch_hard_miner_matches_pml(distance, pml_dist):
 def test_batch_hard_miner_ref_emb_matches_pml():
     x, y = batch(20, 4)
     r, ry = batch(30, 4, seed=5)
-    ours = M.BatchHardMiner()(x, y, r, ry)
+    ours = M.BatchHardMiner("euclidean")(x, y, r, ry)
     pml = pml_miners.BatchHardMiner(distance=EUCLID())(x, y, r, ry)
     for a, b in zip(ours, pml):
         assert torch.equal(a, b)
@@ -194,7 +194,7 @@ def test_triplet_loss_with_batch_hard_miner_matches_pml():
     x, y = batch(48, 6)
     pml_loss = pml_losses.TripletMarginLoss(margin=0.5, distance=EUCLID(), reducer=reducers.AvgNonZeroReducer())
     pml_miner = pml_miners.BatchHardMiner(distance=EUCLID())
-    ours_loss, ours_miner = L.TripletMarginLoss(0.5), M.BatchHardMiner()
+    ours_loss, ours_miner = L.TripletMarginLoss(0.5, distance="euclidean"), M.BatchHardMiner("euclidean")
     assert_same(lambda e: ours_loss(e, y, ours_miner(e, y)), lambda e: pml_loss(e, y, pml_miner(e, y)), x)
 
 

@@ -186,10 +186,10 @@ def test_pair_losses_match_reference_on_random_label_patterns(labels, seed, D):
     y = torch.tensor(labels)
     x, _ = batch(len(labels), 1, D=D, seed=seed)
     for ours, plain in [
-        (L.ContrastiveLoss(0.1, 1.5), lambda e: ref.contrastive(e, y, pos_margin=0.1, neg_margin=1.5)),
+        (L.ContrastiveLoss(0.1, 1.5, distance="euclidean"), lambda e: ref.contrastive(e, y, pos_margin=0.1, neg_margin=1.5)),
         (L.NTXentLoss(0.5), lambda e: ref.ntxent(e, y, 0.5)),
         (L.MultiSimilarityLoss(2, 10, 0.5), lambda e: ref.multi_similarity(e, y, 2, 10, 0.5)),
-        (L.LiftedStructureLoss(2.0), lambda e: ref.lifted(e, y, 2.0)),
+        (L.LiftedStructureLoss(2.0, distance="euclidean"), lambda e: ref.lifted(e, y, 2.0)),
         (L.NPairLoss(pairs="all"), lambda e: ref.npair_all(e, y)),
         (L.SmoothAPLoss(0.5), lambda e: ref.smooth_ap(e, y, 0.5)),
         (L.InsCLRContrastiveLoss(0.2), lambda e: ref.insclr(e, y, 0.2)),

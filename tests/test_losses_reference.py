@@ -43,7 +43,7 @@ def test_contrastive(form, distance, reduction):
 def test_contrastive_ref_emb_and_indices():
     x, y = batch(8, 3)
     r, ry = batch(6, 3, seed=1)
-    loss = L.ContrastiveLoss(0.2, 2.0)
+    loss = L.ContrastiveLoss(0.2, 2.0, distance="euclidean")
     check(lambda e, m: loss(e, y, ref_emb=m, ref_labels=ry),
           lambda e, m: ref.contrastive(e, y, pos_margin=0.2, neg_margin=2.0, ref=m, ref_labels=ry), x, r)
     # mined pairs, one repeated: PML counts it twice

@@ -163,9 +163,10 @@ def test_miner_output_has_no_gradient_and_feeds_losses():
 def test_hypothesis_miners_match_loops(labels, seed, margin):
     y = torch.tensor(labels)
     x, _ = batch(len(labels), 1, seed=seed)
-    assert triplets(M.BatchHardMiner()(x, y)) == plain_batch_hard(x, y, "euclidean")
-    assert triplets(M.SemiHardMiner(margin)(x, y)) == plain_semihard(x, y, margin, "euclidean", False)
-    assert triplets(M.SemiHardMiner(margin, mode="nearest")(x, y)) == plain_semihard(x, y, margin, "euclidean", True)
+    assert triplets(M.BatchHardMiner("euclidean")(x, y)) == plain_batch_hard(x, y, "euclidean")
+    assert triplets(M.SemiHardMiner(margin, "euclidean")(x, y)) == plain_semihard(x, y, margin, "euclidean", False)
+    assert triplets(M.SemiHardMiner(margin, "euclidean", mode="nearest")(x, y)) == \
+        plain_semihard(x, y, margin, "euclidean", True)
     a1, p, a2, n = M.MultiSimilarityMiner(0.1)(x, y)
     P, N = plain_multi_similarity(x, y, 0.1)
     assert list(zip(a1.tolist(), p.tolist())) == P and list(zip(a2.tolist(), n.tolist())) == N

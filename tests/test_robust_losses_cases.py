@@ -11,8 +11,10 @@ from typing import Callable
 import pytest
 import torch
 
+from ssml_fast import distances as Dist
 from ssml_fast import losses as L
 from ssml_fast import miners as M
+from ssml_fast import reducers as Red
 
 D = 8  # embedding size of every case
 C = 4  # classes of the proxy losses
@@ -20,21 +22,40 @@ C = 4  # classes of the proxy losses
 # Extra constructor arguments beyond the defaults, per class name: each runs as its own case.
 LOSS_VARIANTS = {
     "TripletMarginLoss": {"hard": dict(mining="hard"), "semihard": dict(mining="semihard"),
-                          "hard_soft": dict(mining="hard", soft=True), "cosine": dict(distance="cosine")},
+                          "hard_soft": dict(mining="hard", soft=True), "cosine": dict(distance="cosine"),
+                          # general (non-fused) paths of the PML surface
+                          "smooth": dict(smooth_loss=True), "swap": dict(swap=True),
+                          "cosine_similarity_mean": dict(distance=Dist.CosineSimilarity(), reducer=Red.MeanReducer()),
+                          "negative_margin": dict(margin=-0.1),
+                          "threshold": dict(reducer=Red.ThresholdReducer(low=0.01))},
     "ContrastiveLoss": {"hadsell": dict(form="hadsell"), "cosine": dict(form="cosine"),
-                        "sqeuclidean": dict(distance="sqeuclidean")},
-    "LiftedStructureLoss": {"generalized": dict(generalized=True)},
-    "MultiSimilarityLoss": {"dot": dict(similarity="dot")},
+                        "sqeuclidean": dict(distance="sqeuclidean"),
+                        "cosine_similarity": dict(distance=Dist.CosineSimilarity(), pos_margin=1.0, neg_margin=0.5),
+                        "class_weighted": dict(reducer=Red.ClassWeightedReducer(torch.ones(64)))},
+    "LiftedStructureLoss": {"generalized": dict(generalized=True), "avg_nonzero": dict(reducer=Red.AvgNonZeroReducer()),
+                            "cosine_similarity": dict(distance=Dist.CosineSimilarity())},
+    "GeneralizedLiftedStructureLoss": {"avg_nonzero": dict(reducer=Red.AvgNonZeroReducer())},
+    "MultiSimilarityLoss": {"dot": dict(similarity="dot"), "lp": dict(distance=Dist.LpDistance()),
+                            "avg_nonzero": dict(reducer=Red.AvgNonZeroReducer())},
     "NPairLoss": {"all": dict(pairs="all")},
-    "NTXentLoss": {"dot": dict(similarity="dot")},
-    "ProxyNCALoss": {"cosine": dict(distance="cosine"), "exclude_positive": dict(exclude_positive=True)},
+    "NPairsLoss": {"lp": dict(distance=Dist.LpDistance()), "sum": dict(reducer=Red.SumReducer())},
+    "NTXentLoss": {"dot": dict(similarity="dot"), "lp": dict(distance=Dist.LpDistance()),
+                   "per_anchor": dict(reducer=Red.PerAnchorReducer(Red.AvgNonZeroReducer()))},
+    "HistogramLoss": {"delta": dict(delta=0.1)},
+    "ProxyAnchorLoss": {"mean": dict(reducer=Red.MeanReducer())},
+    "ProxyNCALoss": {"cosine": dict(distance="cosine"), "exclude_positive": dict(exclude_positive=True),
+                     "sum": dict(reducer=Red.SumReducer())},
+    "SelfSupervisedLoss": {"asymmetric": dict(loss=L.TripletMarginLoss(), symmetric=False),
+                           "ntxent": dict(loss=L.NTXentLoss())},
     "SmoothAPLoss": {"include_query": dict(include_query=True)},
 }
 MINER_VARIANTS = {
     "SemiHardMiner": {"nearest": dict(mode="nearest"), "cosine": dict(distance="cosine"),
                       "nearest_cosine": dict(mode="nearest", distance="cosine")},
     "BatchHardMiner": {"cosine": dict(distance="cosine")},
-    "MultiSimilarityMiner": {"dot": dict(similarity="dot")},
+    "MultiSimilarityMiner": {"dot": dict(similarity="dot"), "lp": dict(distance=Dist.LpDistance())},
+    "TripletMarginMiner": {"hard": dict(type_of_triplets="hard"), "semihard": dict(type_of_triplets="semihard"),
+                           "easy": dict(type_of_triplets="easy"), "cosine": dict(distance=Dist.CosineSimilarity())},
 }
 
 
@@ -57,15 +78,20 @@ def _other_inputs_stml(x, g):
     return student_g, teacher_g, (torch.arange(n) // 2).to(x.device)  # two views per image
 
 
+def _other_inputs_self_supervised(x, g):
+    return (x + 0.1 * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device),)  # a second view
+
+
 # Losses whose call is not the PML shape: name -> builds the extra arguments from the embeddings (B, D).
 SPECIAL_LOSSES = {
     "SpreadingLoss": _other_inputs_spreading,
     "RelaxedContrastiveLoss": _other_inputs_relaxed,
     "SelfDistillationKL": _other_inputs_kl,
     "STMLLoss": _other_inputs_stml,
+    "SelfSupervisedLoss": _other_inputs_self_supervised,
 }
 # Constructor arguments of the default case, where the defaults do not fit the small test batches.
-DEFAULT_KWARGS = {"STMLLoss": dict(k=1)}
+DEFAULT_KWARGS = {"STMLLoss": dict(k=1), "SelfSupervisedLoss": dict(loss=L.TripletMarginLoss())}
 NOT_LOSSES = {"MetricLoss", "relative_distance"}  # the base class; a helper function (tested via its losses)
 NOT_MINERS = {"BaseMiner"}
 

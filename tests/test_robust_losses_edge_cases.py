@@ -97,7 +97,7 @@ def test_empty_batch_or_reference_gives_empty_index_tuples(case):
 
 def test_empty_batch_in_cross_batch_memory():
     for loss in (L.TripletMarginLoss(), L.NTXentLoss(), L.MultiSimilarityLoss(), L.SmoothAPLoss()):
-        xbm = CrossBatchMemory(loss, size=16)
+        xbm = CrossBatchMemory(loss, memory_size=16)
         x, y = labelled_batch(6)
         xbm(x, y)
         x0 = torch.zeros(0, D, requires_grad=True)
@@ -258,7 +258,7 @@ def test_smooth_ap_accepts_a_valid_indices_tuple_with_ref_emb():
 
 def test_smooth_ap_inside_cross_batch_memory_matches_the_plain_formula():
     torch.manual_seed(0)
-    xbm = CrossBatchMemory(L.SmoothAPLoss(0.1), size=20)
+    xbm = CrossBatchMemory(L.SmoothAPLoss(0.1), memory_size=20)
     memory_x, memory_y = [], []
     for step in range(3):
         x, y = labelled_batch(6, dtype=torch.float64, seed=step)
@@ -285,7 +285,7 @@ def test_every_ref_emb_loss_runs_inside_cross_batch_memory(case, with_miner):
         return
     triplets_only = isinstance(loss, L.TripletMarginLoss)
     miner = (M.BatchHardMiner() if triplets_only else M.MultiSimilarityMiner()) if with_miner else None
-    xbm = CrossBatchMemory(loss, size=16, miner=miner)
+    xbm = CrossBatchMemory(loss, memory_size=16, miner=miner)
     for step in range(3):
         x, y = labelled_batch(6, seed=step)
         x.requires_grad_(True)

@@ -158,7 +158,7 @@ def _nan_expectations(case, out, y, row=1):
             if neg[i, row]:
                 assert hard[i][1] == row  # and the "nearest" negative
         return
-    if name == "SemiHardMiner" and case.kwargs.get("mode", "all") == "all":
+    if name == "TripletMarginMiner" or (name == "SemiHardMiner" and case.kwargs.get("mode", "all") == "all"):
         for i in range(B):
             for j in range(B):
                 for k in range(B):
@@ -256,7 +256,7 @@ def test_cross_batch_memory_under_cpu_autocast(name):
         loss = {"triplet": L.TripletMarginLoss(), "contrastive": L.ContrastiveLoss(), "ntxent": L.NTXentLoss(),
                 "smooth_ap": L.SmoothAPLoss(0.1), "triplet_miner": L.TripletMarginLoss()}[name]
         miner = M.BatchHardMiner() if name == "triplet_miner" else None
-        return CrossBatchMemory(loss, size=24, miner=miner)
+        return CrossBatchMemory(loss, memory_size=24, miner=miner)
 
     plain, amp = make(), make()
     for step in range(3):

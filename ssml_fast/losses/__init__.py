@@ -6,22 +6,23 @@ from .triplet_margin_loss import TripletMarginLoss
 from .contrastive_loss import ContrastiveLoss
 from .histogram_loss import HistogramLoss
 from .insclr_contrastive_loss import InsCLRContrastiveLoss
-from .lifted_structure_loss import LiftedStructureLoss
+from .lifted_structure_loss import GeneralizedLiftedStructureLoss, LiftedStructureLoss
 from .multi_similarity_loss import MultiSimilarityLoss
-from .n_pair_loss import NPairLoss
+from .n_pair_loss import NPairLoss, NPairsLoss
 from .ntxent_loss import InfoNCE, NTXentLoss
 from .proxy_anchor_loss import ProxyAnchorLoss
 from .proxy_nca_loss import ProxyNCALoss
 from .relaxed_contrastive_loss import RelaxedContrastiveLoss, relative_distance
 from .self_distillation_kl import SelfDistillationKL
+from .self_supervised_loss import SelfSupervisedLoss
 from .smooth_ap_loss import SmoothAPLoss
 from .spreading_loss import SpreadingLoss
 from .stml_loss import STMLLoss
 
 __all__ = ["MetricLoss", "TripletMarginLoss"]
 __all__ += [
-    "ContrastiveLoss", "HistogramLoss", "InfoNCE", "InsCLRContrastiveLoss", "LiftedStructureLoss",
-    "MultiSimilarityLoss", "NPairLoss", "NTXentLoss", "ProxyAnchorLoss", "ProxyNCALoss",
-    "RelaxedContrastiveLoss", "SelfDistillationKL", "SmoothAPLoss", "SpreadingLoss", "STMLLoss",
+    "ContrastiveLoss", "GeneralizedLiftedStructureLoss", "HistogramLoss", "InfoNCE", "InsCLRContrastiveLoss", "LiftedStructureLoss",
+    "MultiSimilarityLoss", "NPairLoss", "NPairsLoss", "NTXentLoss", "ProxyAnchorLoss", "ProxyNCALoss",
+    "RelaxedContrastiveLoss", "SelfDistillationKL", "SelfSupervisedLoss", "SmoothAPLoss", "SpreadingLoss", "STMLLoss",
     "relative_distance",
 ]

@@ -178,3 +178,35 @@ def check_real(name, value) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {value}")
     return float(value)
+
+
+def all_triplets(labels, ref_labels, self_ref: bool):
+    """Every (a, p, n) with label(p) == label(a) != label(n) (p != a for the batch itself), ordered by
+    (a, p, n) as PML's get_all_triplets_indices; O(B R^2) like PML's (the fused op avoids it)."""
+    pos, neg = label_masks(labels, ref_labels, self_ref)
+    return torch.where(pos[:, :, None] & neg[:, None, :])
+
+
+def random_triplets(labels, ref_labels, self_ref: bool, per_anchor: int, generator=None):
+    """per_anchor random triplets for every anchor with a positive and a negative: positives and negatives
+    drawn uniformly with replacement (PML's get_random_triplet_indices, with torch's global generator)."""
+    pos, neg = label_masks(labels, ref_labels, self_ref)
+    ok = pos.any(dim=1) & neg.any(dim=1)
+    rows = torch.where(ok)[0]
+    if rows.numel() == 0:
+        e = torch.empty(0, dtype=torch.long, device=labels.device)
+        return e, e.clone(), e.clone()
+    p = torch.multinomial(pos[rows].float(), per_anchor, replacement=True, generator=generator)
+    n = torch.multinomial(neg[rows].float(), per_anchor, replacement=True, generator=generator)
+    return rows.repeat_interleave(per_anchor), p.reshape(-1), n.reshape(-1)
+
+
+def as_triplets(indices_tuple, B: int, R: int, device):
+    """indices_tuple -> (a, p, n): triplets as they are; pairs (a1, p, a2, n) -> every (a1, p, n) with
+    a1 == a2, in PML's order (convert_to_triplets)."""
+    t = check_indices_tuple(indices_tuple, B, R, device)
+    if len(t) == 3:
+        return t
+    a1, p, a2, n = t
+    pi, ni = torch.where(a1[:, None] == a2[None, :])
+    return a1[pi], p[pi], n[ni]

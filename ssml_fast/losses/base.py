@@ -1,9 +1,11 @@
-"""Base class fixing the PML call shape shared by every loss."""
+"""Base class fixing the PML call shape shared by every loss, and PML's distance / reducer / regularizer."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .. import distances as _distances
+from .. import reducers as _reducers
 from ..ops import _checks
 from . import _pairs
 
@@ -16,6 +18,14 @@ class MetricLoss(nn.Module):
     means the batch itself, and then a sample is never paired with itself. indices_tuple: mined pairs
     (a1, p, a2, n) or triplets (a, p, n), as PML miners return them; validated here for every loss
     (1-D integer tensors, anchors in [0, B), positives / negatives in [0, R)).
+
+    PML's loss arguments, accepted by every subclass that takes them:
+      distance: a distance object (ssml_fast.distances or PML's own) or one of our strings;
+      reducer: a reducer object (ssml_fast.reducers or PML's own). The loss's default one (and Mean / Sum /
+        AvgNonZero where the loss implements them) runs in the loss's fused path; any other reducer gets
+        PML's per-element loss_dict;
+      embedding_regularizer (e.g. regularizers.LpRegularizer()), times embedding_reg_weight, is added to
+        the loss (computed on the embeddings as given).
     Rules shared by every loss:
       - an empty batch (B = 0) or an empty reference set (R = 0) gives a finite 0 with zero gradients,
         connected to the inputs (and the loss's parameters) so `.backward()` works;
@@ -28,6 +38,30 @@ class MetricLoss(nn.Module):
 
     requires_labels = True
     supports_ref_emb = True
+
+    def __init__(self, distance=None, reducer=None, embedding_regularizer=None, embedding_reg_weight=1.0,
+                 *, distance_strings: dict | None = None):
+        super().__init__()
+        self.distance = _distances.resolve(distance, self.default_distance, strings=distance_strings)
+        if reducer is not None and not callable(reducer):
+            raise TypeError(f"reducer must be a reducer object (e.g. ssml_fast.reducers.MeanReducer()), "
+                            f"got {type(reducer).__name__}")
+        self.reducer = self.default_reducer() if reducer is None else reducer
+        if embedding_regularizer is not None and not callable(embedding_regularizer):
+            raise TypeError(f"embedding_regularizer must be callable, got {type(embedding_regularizer).__name__}")
+        self.embedding_regularizer = embedding_regularizer
+        self.embedding_reg_weight = _pairs.check_real("embedding_reg_weight", embedding_reg_weight)
+
+    def default_distance(self):
+        return _distances.LpDistance()
+
+    def default_reducer(self):
+        return _reducers.MeanReducer()
+
+    @property
+    def reduction_kind(self) -> str | None:
+        """"mean_nonzero" / "mean" / "sum" when the reducer is one the fused paths implement."""
+        return _reducers.kind(self.reducer)
 
     def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
         _checks.check_embeddings("embeddings", embeddings)
@@ -46,7 +80,37 @@ class MetricLoss(nn.Module):
         if B == 0 or R == 0:
             return self.empty_loss(embeddings, ref_emb)
         with _pairs.autocast_off(embeddings):
-            return self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            out = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            if self.embedding_regularizer is not None:
+                out = self._add_regularization(out, embeddings)
+        return out
+
+    def _add_regularization(self, out, embeddings):
+        reg = self.embedding_regularizer(embeddings.to(_checks.compute_dtype(embeddings))) * self.embedding_reg_weight
+        if isinstance(out, dict):  # DoNothingReducer: the unreduced loss_dict, as PML returns it
+            out["embedding_reg_loss"] = {"losses": reg, "indices": None, "reduction_type": "already_reduced"}
+            return out
+        return out + reg
+
+    def reduce(self, loss_dict: dict, embeddings, labels):
+        """PML's reduction of a loss_dict with self.reducer: every sub-loss reduced on its own and summed
+        (a MultipleReducers or DoNothingReducer gets the whole dict). Entries whose losses are the number 0
+        (nothing to compute) give our connected zero."""
+        name = type(self.reducer).__name__
+        if name in ("MultipleReducers", "DoNothingReducer"):
+            return self.reducer(loss_dict, embeddings, labels)
+        total = None
+        for key, info in loss_dict.items():
+            if not torch.is_tensor(info["losses"]):
+                v = _pairs.zero_loss(embeddings, *self.parameters())
+            else:
+                v = self.reducer({key: info}, embeddings, labels)
+            total = v if total is None else total + v
+        return total
+
+    def matrix(self, embeddings, ref_emb):
+        """self.distance(embeddings, ref_emb) (ref None: the batch itself), in the compute dtype."""
+        return _distances.matrix(self.distance, embeddings, ref_emb)
 
     def empty_loss(self, embeddings, ref_emb) -> torch.Tensor:
         """The loss of an empty batch or reference: 0, with zero gradients for the inputs and parameters."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import distances as _distances
 from ..ops import _checks
 from . import _pairs
 from .base import MetricLoss
@@ -21,31 +22,60 @@ class NPairLoss(MetricLoss):
       over the N pairs.
     pairs="all" (eq 2.4 over every positive pair): for each positive pair (i, j) of the batch,
       log(1 + sum_{k in N_i} e^{S_ik - S_ij}), mean over positive pairs; O(B^2), no per-pair loop.
-    similarity: "cosine" (default; PML's default DotProductSimilarity normalises the embeddings) or "dot".
+    distance: a distance object (S = minus the distance when it is not a similarity), or similarity (ours)
+      "cosine" (default; PML's default DotProductSimilarity normalises the embeddings) | "dot".
+    reducer: MeanReducer (default) runs fused; others get the per-pair losses ("element", one per anchor).
     Call: loss(embeddings (B, D), labels (B,), indices_tuple=None); ref_emb is not supported.
     """
 
     supports_ref_emb = False
 
-    def __init__(self, pairs: str = "one_per_class", similarity: str = "cosine"):
-        super().__init__()
+    def __init__(self, pairs: str = "one_per_class", similarity: str | None = None, *, distance=None,
+                 reducer=None, embedding_regularizer=None, embedding_reg_weight: float = 1.0):
+        if similarity is not None:
+            _checks.check_choice("similarity", similarity, _pairs.SIMILARITIES)
+            if distance is not None:
+                raise ValueError("give distance or similarity, not both")
+            distance = similarity
+        super().__init__(distance, reducer, embedding_regularizer, embedding_reg_weight,
+                         distance_strings=_distances.similarity_strings())
         self.pairs = _checks.check_choice("pairs", pairs, PAIRS)
-        self.similarity = _checks.check_choice("similarity", similarity, _pairs.SIMILARITIES)
+
+    def default_distance(self):
+        return _distances.DotProductSimilarity()
+
+    def _similarity(self, x, y):
+        m = self.matrix(x, y)
+        return m if self.distance.is_inverted else -m
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         B = embeddings.shape[0]
+        kind = self.reduction_kind
         if self.pairs == "all":
-            s = _pairs.similarity(embeddings, None, self.similarity)
+            s = self._similarity(embeddings, None)
             pos_w, neg_w = _pairs.pair_weights(labels, None, indices_tuple, B, B, True, s.dtype, s.device)
             neg_lse = _pairs.masked_logsumexp(s, neg_w, dim=1)
+            per_pair = F.softplus(neg_lse[:, None] - s)
+            if kind is None or kind == "mean_nonzero":
+                a, p = torch.where(pos_w > 0)
+                if a.numel() == 0:
+                    return _pairs.zero_loss(embeddings)
+                return self.reduce({"loss": {"losses": per_pair[a, p], "indices": (a, p),
+                                             "reduction_type": "pos_pair"}}, embeddings, labels)
             n_pos = pos_w.sum()
-            total = (F.softplus(neg_lse[:, None] - s) * pos_w).sum()
+            total = (per_pair * pos_w).sum()
+            if kind == "sum":
+                return total
             return torch.where(n_pos > 0, total / n_pos.clamp_min(1), total * 0)
         a, p = self._one_pair_per_class(embeddings, labels, indices_tuple)
         if a.numel() == 0:
             return _pairs.zero_loss(embeddings)
-        logits = _pairs.similarity(embeddings[a], embeddings[p], self.similarity)
-        return F.cross_entropy(logits, torch.arange(a.numel(), device=a.device))
+        logits = self._similarity(embeddings[a], embeddings[p])
+        target = torch.arange(a.numel(), device=a.device)
+        if kind == "mean":
+            return F.cross_entropy(logits, target)
+        return self.reduce({"loss": {"losses": F.cross_entropy(logits, target, reduction="none"), "indices": a,
+                                     "reduction_type": "element"}}, embeddings, labels)
 
     @staticmethod
     def _one_pair_per_class(embeddings, labels, indices_tuple):
@@ -69,3 +99,12 @@ class NPairLoss(MetricLoss):
         first = torch.full((int(inv.max()) + 1,), a_all.numel(), device=device, dtype=torch.long)
         first = first.scatter_reduce(0, inv, order, reduce="amin")
         return a_all[first], p_all[first]
+
+
+class NPairsLoss(NPairLoss):
+    """PML's NPairsLoss(*, distance=DotProductSimilarity(), reducer=MeanReducer(), embedding_regularizer=None):
+    NPairLoss with pairs="one_per_class"."""
+
+    def __init__(self, *, distance=None, reducer=None, embedding_regularizer=None, embedding_reg_weight: float = 1.0):
+        super().__init__("one_per_class", distance=distance, reducer=reducer,
+                         embedding_regularizer=embedding_regularizer, embedding_reg_weight=embedding_reg_weight)

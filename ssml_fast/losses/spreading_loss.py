@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from torch import nn
 
@@ -71,6 +72,7 @@ class _SpreadingFromLogits(torch.autograd.Function):
         return value
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
         return grad * g, None

@@ -1,35 +1,88 @@
-"""TripletMarginLoss: the fused triplet op as an nn.Module with the PML call shape."""
+"""TripletMarginLoss: PML's TripletMarginLoss, on the fused triplet op whenever the configuration maps onto it."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from .. import distances as _distances
 from .. import ops
+from .. import reducers as _reducers
 from ..ops import _checks
 from . import _pairs
 from .base import MetricLoss
 
+TRIPLETS_PER_ANCHOR = "all"
+
 
 class TripletMarginLoss(MetricLoss):
-    """max(0, d(a, p) - d(a, n) + margin) over mined triplets, mined and reduced in one fused pass.
+    """max(0, margin(d(a, p), d(a, n)) + margin) over triplets (PML's TripletMarginLoss and arguments).
 
-    mining: "all" | "hard" | "semihard"; distance: "euclidean" | "sqeuclidean" | "cosine";
-    reduction: "mean_nonzero" (PML's AvgNonZeroReducer) | "mean" | "sum"; soft: softplus instead of
-    the hinge (hard / semihard). With an `indices_tuple` (a, p, n) from a miner, exactly those triplets
-    are used. After each call, `num_active` and `num_triplets` (0-d tensors) hold the counts for logging.
+    TripletMarginLoss(margin=0.05, swap=False, smooth_loss=False, triplets_per_anchor="all", *,
+                      distance=LpDistance(), reducer=AvgNonZeroReducer(), embedding_regularizer=None, ...)
+    - distance: a distance object (ours or PML's) or "euclidean" | "sqeuclidean" | "cosine" (raw, un-normalised
+      embeddings for the first two, as before); default LpDistance() on L2-normalised embeddings (PML).
+    - swap: use d(p, n) instead of d(a, n) when it is smaller; smooth_loss: softplus instead of the hinge;
+      triplets_per_anchor: "all", or an int of random triplets per anchor.
+    - mining (ours): "all" | "hard" | "semihard" mined inside the fused op; reduction (ours): the reducer as a
+      string, "mean_nonzero" | "mean" | "sum"; soft (ours): = smooth_loss.
+    - With an `indices_tuple` exactly those triplets are used; pairs (a1, p, a2, n) become the triplets
+      (a1, p, n) with a1 == a2, as PML converts them.
+    The fused op runs when there is no indices_tuple, triplets_per_anchor="all", no swap, margin >= 0, the
+    distance is LpDistance(p=2, power 1 or 2) / CosineSimilarity / a string, and the reducer is AvgNonZero,
+    Mean or Sum (smooth_loss with mining "hard"/"semihard" only); anything else takes a general path with
+    PML's exact semantics. After each call `num_active` / `num_triplets` (0-d tensors) hold the counts.
     """
 
-    def __init__(self, margin: float = 0.2, mining: str = "all", distance: str = "euclidean",
-                 reduction: str = "mean_nonzero", soft: bool = False):
-        super().__init__()
-        self.margin = _checks.check_nonnegative("margin", margin)
+    def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False,
+                 triplets_per_anchor="all", *, mining: str = "all", distance=None, reducer=None,
+                 reduction: str | None = None, soft: bool | None = None, embedding_regularizer=None,
+                 embedding_reg_weight: float = 1.0):
+        if reduction is not None:
+            _checks.check_choice("reduction", reduction, ops.REDUCTIONS)
+            if reducer is not None:
+                raise ValueError("give reducer or reduction, not both")
+            reducer = _reducers.from_reduction(reduction)
+        super().__init__(distance, reducer, embedding_regularizer, embedding_reg_weight)
+        self.margin = _pairs.check_real("margin", margin)
+        for name, v in (("swap", swap), ("smooth_loss", smooth_loss)):
+            if not isinstance(v, bool):  # TripletMarginLoss(0.2, "hard") would silently mean swap=True
+                raise TypeError(f"{name} must be a bool, got {v!r} (mining / distance are keyword arguments)")
+        self.swap = swap
+        self.smooth_loss = bool(smooth_loss if soft is None else soft)
+        if not (triplets_per_anchor == "all" or (isinstance(triplets_per_anchor, int)
+                                                  and not isinstance(triplets_per_anchor, bool)
+                                                  and triplets_per_anchor >= 1)):
+            raise ValueError(f"triplets_per_anchor must be 'all' or a positive int, got {triplets_per_anchor!r}")
+        self.triplets_per_anchor = triplets_per_anchor
         self.mining = _checks.check_choice("mining", mining, ops.MININGS)
-        self.distance = _checks.check_choice("distance", distance, ops.DISTANCES)
-        self.reduction = _checks.check_choice("reduction", reduction, ops.REDUCTIONS)
-        if soft and mining == "all":
-            raise ValueError("soft=True is supported for mining='hard' and 'semihard', not 'all'")
-        self.soft = bool(soft)
+        if mining != "all":
+            if self._fused_config() is None:
+                raise ValueError(f"mining={mining!r} runs in the fused op only: it needs margin >= 0, no swap, "
+                                 "triplets_per_anchor='all', an L2 / squared-L2 / cosine distance and an "
+                                 "AvgNonZero / Mean / Sum reducer")
         self.num_active = torch.zeros((), dtype=torch.long)
         self.num_triplets = torch.zeros((), dtype=torch.long)
+
+    def default_reducer(self):
+        return _reducers.AvgNonZeroReducer()
+
+    @property
+    def soft(self) -> bool:
+        return self.smooth_loss
+
+    @property
+    def reduction(self) -> str | None:
+        return self.reduction_kind
+
+    def _fused_config(self):
+        """(metric, normalize, reduction) for the fused op, or None."""
+        fm = _distances.fused_metric(self.distance)
+        kind = self.reduction_kind
+        if fm is None or kind is None or self.swap or self.margin < 0 or self.triplets_per_anchor != "all":
+            return None
+        if self.smooth_loss and self.mining == "all":
+            return None
+        return fm[0], fm[1], kind
 
     def empty_loss(self, embeddings, ref_emb):
         device = embeddings.device
@@ -38,31 +91,44 @@ class TripletMarginLoss(MetricLoss):
         return super().empty_loss(embeddings, ref_emb)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        if indices_tuple is not None:
-            return self._given_triplets(embeddings, indices_tuple, ref_emb)
-        out = ops.triplet_margin_loss(
-            embeddings, labels, self.margin, self.mining, self.distance, self.reduction,
-            ref_emb=ref_emb, ref_labels=ref_labels, soft=self.soft, return_stats=True,
-        )
-        self.num_active, self.num_triplets = out.num_active, out.num_triplets
-        return out.loss
+        cfg = self._fused_config() if indices_tuple is None else None
+        if cfg is not None:
+            metric, normalize, reduction = cfg
+            x, r = embeddings, ref_emb
+            if normalize:
+                x = F.normalize(x.to(_checks.compute_dtype(x)), dim=1)
+                r = None if r is None else F.normalize(r.to(x.dtype), dim=1)
+            out = ops.triplet_margin_loss(x, labels, self.margin, self.mining, metric, reduction,
+                                          ref_emb=r, ref_labels=ref_labels, soft=self.smooth_loss,
+                                          return_stats=True)
+            self.num_active, self.num_triplets = out.num_active, out.num_triplets
+            return out.loss
+        return self._general(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
-    def _given_triplets(self, embeddings, indices_tuple, ref_emb):
-        if len(indices_tuple) != 3:
-            raise ValueError(f"indices_tuple must be (anchors, positives, negatives), got {len(indices_tuple)} tensors")
-        a, p, n = indices_tuple  # validated by MetricLoss.forward: int64, in range
-        dist = ops.pairwise_distance(embeddings, ref_emb, self.distance)
-        v = dist[a, p] - dist[a, n] + self.margin
-        losses = torch.nn.functional.softplus(v) if self.soft else torch.relu(v)
-        active = losses > 0
-        self.num_active, self.num_triplets = active.sum(), torch.tensor(losses.numel(), device=losses.device)
-        if losses.numel() == 0:
-            return _pairs.zero_loss(embeddings, ref_emb)
-        if self.reduction == "sum":
-            return losses.sum()
-        if self.reduction == "mean":
-            return losses.mean()
-        # PML's AvgNonZeroReducer: the sum of all losses over the active count. A NaN loss is not "> 0",
-        # but it stays in the sum, so a NaN distance gives a NaN loss instead of silently dropping out.
-        n_active = self.num_active
-        return torch.where(n_active > 0, losses.sum() / n_active.clamp_min(1), losses.sum() * 0)
+    def _general(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        B = embeddings.shape[0]
+        R = B if ref_emb is None else ref_emb.shape[0]
+        device = embeddings.device
+        if indices_tuple is None:
+            if self.triplets_per_anchor == "all":
+                a, p, n = _pairs.all_triplets(labels, ref_labels, ref_emb is None)
+            else:
+                a, p, n = _pairs.random_triplets(labels, ref_labels, ref_emb is None, self.triplets_per_anchor)
+        else:
+            a, p, n = _pairs.as_triplets(indices_tuple, B, R, device)
+        self.num_triplets = torch.tensor(a.numel(), device=device)
+        if a.numel() == 0:
+            self.num_active = torch.zeros((), dtype=torch.long, device=device)
+            return self.reduce({"loss": {"losses": 0, "indices": None, "reduction_type": "already_reduced"}},
+                               embeddings, labels)
+        mat = self.matrix(embeddings, ref_emb)
+        ap, an = mat[a, p], mat[a, n]
+        if self.swap:
+            # d(p, n) between reference rows (PML indexes its B x R matrix by p, right for the batch itself)
+            pn_mat = mat if ref_emb is None else self.matrix(ref_emb, None)
+            an = self.distance.smallest_dist(an, pn_mat[p, n])
+        violation = self.distance.margin(ap, an) + self.margin
+        losses = F.softplus(violation) if self.smooth_loss else F.relu(violation)
+        self.num_active = (losses > 0).sum()
+        return self.reduce({"loss": {"losses": losses, "indices": (a, p, n), "reduction_type": "triplet"}},
+                           embeddings, labels)

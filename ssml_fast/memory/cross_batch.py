@@ -1,5 +1,5 @@
-"""CrossBatchMemory (XBM, Wang et al. 2020): compare each batch against itself plus a FIFO memory of
-past batches, through any ssml_fast loss's `ref_emb` / `ref_labels`.
+"""CrossBatchMemory (XBM, Wang et al. 2020; PML's CrossBatchMemory signature): compare each batch against
+itself plus a FIFO memory of past batches, through any ssml_fast loss's `ref_emb` / `ref_labels`.
 
 How self pairs are excluded (by sample, never by a similarity threshold): the reference set is
 `[batch; memory entries whose id is not in the batch]`. The batch comes first, so anchor i's own row
@@ -10,8 +10,9 @@ memory never holds the current step's rows. Two rows of the batch sharing an id 
 image) are distinct rows and do pair with each other.
 
 The loss then sees the diagonal-excluded reference as follows:
-- TripletMarginLoss (no miner): the fused op with its `exclude_diagonal` flag; batch-all / hard /
-  semihard mining run over the whole reference, exactly as on a plain batch.
+- TripletMarginLoss (no miner, a configuration with a fused form): the fused op with its
+  `exclude_diagonal` flag; batch-all / hard / semihard mining run over the whole reference, exactly as on
+  a plain batch.
 - With a `miner`: it mines (embeddings, labels, ref_emb, ref_labels); pairs / triplets whose positive is
   the anchor itself are dropped before the loss sees them.
 - Any other loss: all pairs (a1, p, a2, n) over the reference minus the self pairs, PML's convention.
@@ -19,6 +20,7 @@ The loss then sees the diagonal-excluded reference as follows:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -50,78 +52,159 @@ def all_pairs_without_self(labels: torch.Tensor, ref_labels: torch.Tensor):
     return a1, p, a2, n
 
 
-def triplet_excluding_diagonal(loss: TripletMarginLoss, emb, labels, ref_emb, ref_labels) -> torch.Tensor:
-    """TripletMarginLoss over a reference whose first rows are the batch: the fused op's exclude_diagonal."""
-    dist = ops.pairwise_distance(emb, ref_emb, loss.distance)
+def triplet_excluding_diagonal(loss: TripletMarginLoss, emb, labels, ref_emb, ref_labels):
+    """TripletMarginLoss over a reference whose first rows are the batch, through the fused op's
+    exclude_diagonal; None when the loss's configuration has no fused form (then the caller passes all
+    pairs without the self pairs, PML's way)."""
+    cfg = loss._fused_config()
+    if cfg is None:
+        return None
+    metric, normalize, reduction = cfg
+    if normalize:
+        emb = F.normalize(emb.to(_checks.compute_dtype(emb)), dim=1)
+        ref_emb = F.normalize(ref_emb.to(emb.dtype), dim=1)
+    dist = ops.pairwise_distance(emb, ref_emb, metric)
     value, active, total, _ = torch.ops.ssml_fast.triplet_margin_loss_from_dist(
-        dist, labels, ref_labels, True, loss.margin, loss.mining, loss.reduction, loss.soft
+        dist, labels, ref_labels, True, loss.margin, loss.mining, reduction, loss.smooth_loss
     )
     loss.num_active, loss.num_triplets = active, total
+    if loss.embedding_regularizer is not None:
+        value = loss._add_regularization(value, emb)
     return value
 
 
-class CrossBatchMemory(nn.Module):
-    """Wraps `loss` so each batch is compared against batch + the last `size` embeddings of past batches.
+def _concat(t1, t2, labels):
+    """PML's merge of a mined tuple with the caller's indices_tuple (converted to t1's arity)."""
+    if len(t2) == 3 and len(t1) == 4:
+        a, p, n = t2
+        t2 = (a, p, a, n)
+    elif len(t2) == 4 and len(t1) == 3:
+        a1, p, a2, n = t2
+        pi, ni = torch.where(a1[:, None] == a2[None, :])
+        t2 = (a1[pi], p[pi], n[ni])
+    return tuple(torch.cat([x, y.to(x.device).long()]) for x, y in zip(t1, t2))
 
-    `xbm(embeddings, labels, ids=None)` -> the loss. embeddings (B, D) float, labels (B,) int, ids (B,) int
-    sample ids >= 0 (-1 marks "no id" in the memory; optional: without them memory copies of a repeated
-    sample are not recognised and stay in the reference as ordinary entries). The memory is a FeatureQueue (all-gathered across ranks under
-    torch.distributed), allocated once at the first call, or at construction when `dim` is given; it
-    stores `dtype` (default: the first batch's dtype, float32 when allocated at construction).
+
+class CrossBatchMemory(nn.Module):
+    """PML's CrossBatchMemory(loss, embedding_size, memory_size=1024, miner=None): each batch is compared
+    against itself plus the most recent embeddings of past batches, `memory_size` rows in all (the batch
+    included, as in PML, whose batch overwrites the oldest rows before the loss).
+
+    `xbm(embeddings, labels, indices_tuple=None, enqueue_mask=None, *, ids=None)` -> the loss.
+    embeddings (B, D) float, labels (B,) int.
+    - ids (ours): (B,) int sample ids >= 0 (-1 = "no id"): memory copies of a sample that is in the batch
+      again are stale versions of it and leave the reference (without ids they stay as ordinary entries).
+    - enqueue_mask (PML): (B,) bool; the True rows go to the memory (and are part of this step's reference),
+      the False rows are the queries; then there are no self pairs to remove.
+    - indices_tuple (PML): extra pairs / triplets, merged with the mined (or all) ones; anchors index the
+      queries, positives / negatives the reference, whose first rows are the batch (so a tuple mined on the
+      batch alone means the batch rows). Not together with enqueue_mask.
+    The memory is a FeatureQueue (all-gathered across ranks under torch.distributed), allocated at
+    construction when embedding_size is given, else at the first call; it stores `dtype` (default: the
+    first batch's dtype, float32 when allocated at construction).
     miner: optional callable `miner(embeddings, labels, ref_emb, ref_labels)` returning PML-style indices.
     See the module docstring for how self pairs are excluded. Gradients flow through the batch (as
     anchors and as references); memory entries are constants.
     """
 
-    def __init__(self, loss: nn.Module, size: int, dim: int | None = None, miner=None,
-                 dtype: torch.dtype | None = None, device=None):
+    def __init__(self, loss: nn.Module, embedding_size: int | None = None, memory_size: int = 1024, miner=None,
+                 *, dtype: torch.dtype | None = None, device=None):
         super().__init__()
         if not callable(loss):
             raise TypeError(f"loss must be a callable loss module, got {type(loss).__name__}")
         self.loss = loss
-        self.size = check_size("size", size)
+        self.memory_size = check_size("memory_size", memory_size)
         self.miner = miner
         self.dtype = dtype
         self.register_module("queue", None)
-        if dim is not None:
-            self.queue = FeatureQueue(size, check_size("dim", dim), dtype=dtype or torch.float32, device=device)
+        self.embedding_size = None
+        if embedding_size is not None:
+            self.embedding_size = check_size("embedding_size", embedding_size)
+            self.queue = FeatureQueue(self.memory_size, self.embedding_size, dtype=dtype or torch.float32,
+                                      device=device)
 
-    def reference(self, embeddings, labels, ids=None):
-        """(ref_emb, ref_labels) = [batch; memory entries whose id is not in `ids`]; rows [0, B) are the batch."""
-        mem_emb, mem_labels, mem_ids = self.queue.view()
+    def _past(self, keep: int):
+        """(emb, labels, ids) of the `keep` most recent memory entries."""
+        emb, labels, ids = self.queue.view()
+        n = emb.shape[0]
+        keep = max(0, min(keep, n))
+        if keep == n:
+            return emb, labels, ids
+        # newest entries: the `keep` slots before the write pointer (storage order = age order when not full)
+        end = self.queue.ptr if self.queue.is_full else n
+        idx = (torch.arange(end - keep, end, device=emb.device) % self.queue.size)
+        return emb.index_select(0, idx), labels.index_select(0, idx), ids.index_select(0, idx)
+
+    def reference(self, embeddings, labels, ids=None, keep: int | None = None):
+        """(ref_emb, ref_labels) = [embeddings; the newest `keep` (default memory_size - B) memory entries
+        whose id is not in `ids`]; rows [0, B) are the embeddings."""
+        keep = self.memory_size - embeddings.shape[0] if keep is None else keep
+        mem_emb, mem_labels, mem_ids = self._past(keep)
         if ids is not None and mem_ids.numel():
-            keep = (~torch.isin(mem_ids, ids)).nonzero().squeeze(1)
-            mem_emb, mem_labels = mem_emb.index_select(0, keep), mem_labels.index_select(0, keep)
+            sel = (~torch.isin(mem_ids, ids)).nonzero().squeeze(1)
+            mem_emb, mem_labels = mem_emb.index_select(0, sel), mem_labels.index_select(0, sel)
         ref_emb = torch.cat([embeddings, mem_emb.to(embeddings.dtype)])
         return ref_emb, torch.cat([labels, mem_labels])
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor | None = None):
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None, enqueue_mask=None, *,
+                ids: torch.Tensor | None = None):
         _checks.check_embeddings("embeddings", embeddings)
         n = embeddings.shape[0]
         labels = _checks.check_labels("labels", labels, n, embeddings.device)
+        if isinstance(indices_tuple, torch.Tensor):
+            raise TypeError("indices_tuple must be a tuple of index tensors; pass sample ids as ids=")
+        if indices_tuple is not None and enqueue_mask is not None:
+            raise ValueError("indices_tuple and enqueue_mask are mutually exclusive")
         if ids is not None:
             ids = _checks.check_labels("ids", ids, n, embeddings.device)
+        if enqueue_mask is not None:
+            _checks.check_tensor("enqueue_mask", enqueue_mask)
+            if enqueue_mask.dtype != torch.bool or enqueue_mask.shape != (n,):
+                raise ValueError(f"enqueue_mask must be a bool tensor of shape ({n},), got {enqueue_mask.dtype} "
+                                 f"{tuple(enqueue_mask.shape)}")
+            enqueue_mask = enqueue_mask.to(embeddings.device)
+        n_enq = n if enqueue_mask is None else int(enqueue_mask.sum())
+        if n_enq > self.memory_size:
+            raise ValueError(f"a batch of {n_enq} rows to enqueue does not fit memory_size={self.memory_size}")
         if self.queue is None:
-            self.queue = FeatureQueue(self.size, embeddings.shape[1], dtype=self.dtype or embeddings.dtype,
+            self.queue = FeatureQueue(self.memory_size, embeddings.shape[1], dtype=self.dtype or embeddings.dtype,
                                       device=embeddings.device)
+            self.embedding_size = embeddings.shape[1]
         elif embeddings.shape[1] != self.queue.dim:
             raise ValueError(f"embeddings have dimension {embeddings.shape[1]} but the memory holds {self.queue.dim}")
         elif embeddings.device != self.queue.embeddings.device:
             raise ValueError(f"embeddings are on {embeddings.device} but the memory is on {self.queue.embeddings.device}")
 
-        ref_emb, ref_labels = self.reference(embeddings, labels, ids)
         # Autocast off: the losses compute in float32 anyway, and the raw triplet op below has no autocast rule.
         with _pairs.autocast_off(embeddings):
-            if self.miner is not None:
-                indices = remove_self_pairs(self.miner(embeddings, labels, ref_emb, ref_labels))
-                value = self.loss(embeddings, labels, indices, ref_emb, ref_labels)
-            elif isinstance(self.loss, TripletMarginLoss):
-                value = triplet_excluding_diagonal(self.loss, embeddings, labels, ref_emb, ref_labels)
+            if enqueue_mask is None:
+                value = self._self_reference_loss(embeddings, labels, ids, indices_tuple)
+                self.queue.enqueue(embeddings.detach(), labels, ids)
             else:
-                value = self.loss(embeddings, labels, all_pairs_without_self(labels, ref_labels), ref_emb, ref_labels)
-        self.queue.enqueue(embeddings.detach(), labels, ids)
+                q, ql = embeddings[~enqueue_mask], labels[~enqueue_mask]
+                e, el = embeddings[enqueue_mask], labels[enqueue_mask]
+                ref_emb, ref_labels = self.reference(e, el, None if ids is None else ids[enqueue_mask],
+                                                     keep=self.memory_size - n_enq)
+                if self.miner is not None:
+                    value = self.loss(q, ql, self.miner(q, ql, ref_emb, ref_labels), ref_emb, ref_labels)
+                else:
+                    value = self.loss(q, ql, None, ref_emb, ref_labels)
+                self.queue.enqueue(e.detach(), el, None if ids is None else ids[enqueue_mask])
         return value
 
+    def _self_reference_loss(self, embeddings, labels, ids, indices_tuple):
+        ref_emb, ref_labels = self.reference(embeddings, labels, ids)
+        if self.miner is not None:
+            indices = remove_self_pairs(self.miner(embeddings, labels, ref_emb, ref_labels))
+        else:
+            if indices_tuple is None and isinstance(self.loss, TripletMarginLoss):
+                value = triplet_excluding_diagonal(self.loss, embeddings, labels, ref_emb, ref_labels)
+                if value is not None:
+                    return value
+            indices = all_pairs_without_self(labels, ref_labels)
+        if indices_tuple is not None:
+            indices = _concat(indices, indices_tuple, labels)
+        return self.loss(embeddings, labels, indices, ref_emb, ref_labels)
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A memory created lazily (dim=None) is materialised from the checkpoint before its buffers load.
         key = prefix + "queue.embeddings"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import distances as _distances
 from ..losses import _pairs
 from ..ops import _checks
 
@@ -11,13 +12,30 @@ from ..ops import _checks
 class BaseMiner(nn.Module):
     """Returns int64 index tensors: triplets (a, p, n) or pairs (a1, p, a2, n) (`tuple_size` 3 or 4);
     a / a1 / a2 index the embeddings, p / n the reference set (the embeddings themselves unless ref_emb is
-    given). Mining runs without gradient and with autocast disabled (in float32 for half inputs); feed the
+    given). distance: a distance object (ssml_fast.distances or PML's own) or a string shortcut; PML's
+    default LpDistance() (L2-normalised embeddings) unless a miner says otherwise. Mining runs without gradient and with autocast disabled (in float32 for half inputs); feed the
     result to a loss as `indices_tuple`. An empty batch or reference gives `tuple_size` empty int64
     tensors on the embeddings' device. Subclasses implement `mine`, which receives B, R >= 1 and
     ref_emb / ref_labels as None in the self-reference case (then a sample never pairs with itself).
     """
 
     tuple_size = 3
+
+    def __init__(self, distance=None, *, distance_strings: dict | None = None):
+        super().__init__()
+        self.distance = _distances.resolve(distance, self.default_distance, strings=distance_strings)
+
+    def default_distance(self):
+        return _distances.LpDistance()
+
+    def matrix(self, embeddings, ref_emb):
+        """self.distance(embeddings, ref_emb) (ref None: the batch itself)."""
+        return _distances.matrix(self.distance, embeddings, ref_emb)
+
+    def distance_matrix(self, embeddings, ref_emb):
+        """The matrix oriented as a distance (smaller = closer): a similarity is negated."""
+        m = self.matrix(embeddings, ref_emb)
+        return -m if self.distance.is_inverted else m
 
     def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
         _checks.check_embeddings("embeddings", embeddings)

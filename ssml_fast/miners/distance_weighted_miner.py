@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..losses import _pairs
-from ..ops import _checks
 from .base import BaseMiner, empty_tuple
 
 
@@ -26,8 +25,9 @@ class DistanceWeightedMiner(BaseMiner):
     def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4,
                  generator: torch.Generator | None = None):
         super().__init__()
-        self.cutoff = _checks.check_nonnegative("cutoff", cutoff)
-        self.nonzero_loss_cutoff = _checks.check_nonnegative("nonzero_loss_cutoff", nonzero_loss_cutoff)
+        # any real cutoffs, as PML (a cutoff <= 0 keeps no negative: an empty tuple)
+        self.cutoff = _pairs.check_real("cutoff", cutoff)
+        self.nonzero_loss_cutoff = _pairs.check_real("nonzero_loss_cutoff", nonzero_loss_cutoff)
         self.generator = generator
 
     def weights(self, embeddings, labels, ref_emb=None, ref_labels=None) -> torch.Tensor:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
 from ..losses import _pairs
 from ..ops import _checks
 from .base import BaseMiner, empty_tuple
@@ -19,21 +18,21 @@ class SemiHardMiner(BaseMiner):
       (O(#pos pairs * R) memory), never over a B x R x R cube.
     mode="nearest" (FaceNet, Schroff et al. 2015): per positive pair the nearest semi-hard negative, when
       one exists inside the margin; sorted rows + searchsorted, O(B R log R + #pos pairs * R).
-    distance: "euclidean" | "sqeuclidean" | "cosine".
+    distance: a distance object (default LpDistance(); a similarity s is mined as the distance -s) or
+    "euclidean" | "sqeuclidean" | "cosine".
     NaN distances are mined, not skipped (a comparison with NaN is false, which would hide a NaN embedding
     from the loss): mode="all" keeps every triplet whose d(a, p) or d(a, n) is NaN; mode="nearest" gives a
     pair whose d(a, p) is NaN, or whose anchor has a NaN negative distance, that (first) NaN negative, else
     the nearest negative.
     """
 
-    def __init__(self, margin: float = 0.2, distance: str = "euclidean", mode: str = "all"):
-        super().__init__()
+    def __init__(self, margin: float = 0.2, distance=None, mode: str = "all"):
+        super().__init__(distance)
         self.margin = _checks.check_nonnegative("margin", margin)
-        self.distance = _checks.check_choice("distance", distance, ops.DISTANCES)
         self.mode = _checks.check_choice("mode", mode, MODES)
 
     def mine(self, embeddings, labels, ref_emb, ref_labels):
-        d = ops.pairwise_distance(embeddings, ref_emb, self.distance)
+        d = self.distance_matrix(embeddings, ref_emb)
         pos, neg = _pairs.label_masks(labels, ref_labels, ref_emb is None)
         a, p = torch.where(pos)
         if a.numel() == 0 or not bool(neg.any()):
