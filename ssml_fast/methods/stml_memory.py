@@ -52,7 +52,9 @@ class STMLMemory(STML):
     Config: ClassVar[type] = STMLMemoryConfig
     presets: ClassVar[dict] = {
         "official": {},
-        "small": {**STML.presets["small"], "memory_size": 2048, "memory_warmup": 100},
+        # M = 512: the contextual similarity over batch ∪ memory costs an (N + M)^2 d GEMM per step
+        # (bench/results_stml.md); 2048 made a step 3-5x slower than stml's on this CPU.
+        "small": {**STML.presets["small"], "memory_size": 512, "memory_warmup": 100},
     }
 
     def __init__(self, config: STMLMemoryConfig, data: DataInfo):

@@ -220,6 +220,7 @@ class Trainer:
             # Samplers replay epoch e from (seed, e); offset by stage so cycles do not repeat batches.
             sampler.set_epoch(s_idx * 100_003 + epoch)
         ctx.resume_step = skip  # > 0: resuming inside this epoch (methods keep their saved batch tables)
+        t_start = time.perf_counter()  # epoch time includes the epoch hooks (STML's re-embedding), not validation
         method.on_epoch_start(epoch, sampler, ctx)
         ctx.resume_step = 0
         gen = ctx.generator("views")
@@ -234,7 +235,7 @@ class Trainer:
         bar = self.logger.progress(steps, f"{method.name} {stage.name} epoch {epoch + 1}/{stage.epochs}")
         if bar is not None and skip:
             bar.update(skip)
-        t0, n_images = time.perf_counter(), 0
+        n_images = 0
         for step, indices in enumerate(sampler):
             if step < skip:
                 continue
@@ -292,7 +293,8 @@ class Trainer:
                     if self.last_path is not None and self.last_path.exists() else "no checkpoint was written yet")
             raise NonFiniteLossError(f"non-finite weights ({bad[0]}, ...) after stage {stage.name!r}, epoch "
                                      f"{epoch + 1}; training stopped and {kept} (lower the learning rate, or try grad_clip)")
-        seconds = time.perf_counter() - t0
+        method.on_epoch_end(epoch, ctx)
+        seconds = time.perf_counter() - t_start
         row = {"stage": stage.name, "epoch": epoch + 1, "global_step": self.global_step}
         row.update({k: float(sums[k]) / max(1, counts[k]) for k in sums})
         row["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -301,7 +303,6 @@ class Trainer:
             row["val_map_at_r"], row["val_recall@1"] = val["map_at_r"], val["recall@1"]
         row["seconds"] = seconds
         row["images_per_s"] = n_images / seconds if seconds > 0 else float("nan")
-        method.on_epoch_end(epoch, ctx)
         self.history.append(row)
         improved = "val_map_at_r" in row and (self.best is None or row["val_map_at_r"] > self.best["val_map_at_r"])
         if improved:
