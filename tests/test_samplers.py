@@ -70,9 +70,9 @@ def test_m_per_class_determinism_and_epochs():
     assert list(MPerClassSampler(labels, m=2, batch_size=4, generator=g1)) == \
         list(MPerClassSampler(labels, m=2, batch_size=4, generator=g2))
     torch.manual_seed(0)
-    c = list(MPerClassSampler(labels, m=2, batch_size=4))
+    c = list(MPerClassSampler(labels, m=2, batch_size=4, batches=True))
     torch.manual_seed(0)
-    assert list(MPerClassSampler(labels, m=2, batch_size=4)) == c
+    assert list(MPerClassSampler(labels, m=2, batch_size=4, batches=True)) == c
 
 
 def test_m_per_class_capped_dominant_class():
@@ -119,17 +119,17 @@ def test_m_per_class_property_sweep(sizes, k, data):
 def test_m_per_class_bad_input():
     labels = labels_from_sizes([3, 3])
     with pytest.raises(ValueError, match="multiple of m"):
-        MPerClassSampler(labels, m=2, batch_size=5)
+        MPerClassSampler(labels, m=2, batch_size=5, batches=True)
     with pytest.raises(ValueError, match="classes_per_batch"):
-        MPerClassSampler(labels, m=2, batch_size=6)
+        MPerClassSampler(labels, m=2, batch_size=6, batches=True)
     with pytest.raises(ValueError, match="exactly one"):
-        MPerClassSampler(labels, m=2)
+        MPerClassSampler(labels, m=2, batches=True)
     with pytest.raises(TypeError, match="labels"):
-        MPerClassSampler(labels.astype(float), m=2, batch_size=4)
+        MPerClassSampler(labels.astype(float), m=2, batch_size=4, batches=True)
     with pytest.raises(ValueError, match="labels"):
-        MPerClassSampler([], m=2, batch_size=4)
+        MPerClassSampler([], m=2, batch_size=4, batches=True)
     with pytest.raises(ValueError, match="m must"):
-        MPerClassSampler(labels, m=0, batch_size=4)
+        MPerClassSampler(labels, m=0, batch_size=4, batches=True)
     with pytest.raises(ValueError, match="seed or generator"):
         MPerClassSampler(labels, m=1, batch_size=2, seed=1, generator=torch.Generator())
 
@@ -236,3 +236,31 @@ def test_candidate_pool_precomputed_pool_skips_self():
         CandidatePoolSampler(6, 2, 3, pool_size=2)
     with pytest.raises(ValueError, match="pool_size"):
         CandidatePoolSampler(6, 2, 3, pool_size=6)
+
+
+# ---------------------------------------------------------------- MPerClassSampler, PML mode
+def test_m_per_class_pml_mode_is_an_index_sampler_with_pml_lengths():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (500,), generator=g)
+    s = MPerClassSampler(labels, 4, 32, 1000)  # PML's positional signature
+    assert not s.batches and len(s) == 992  # rounded down to a multiple of batch_size
+    idx = list(s)
+    assert len(idx) == len(s) and all(isinstance(i, int) for i in idx)
+    for b in range(0, len(idx), 32):
+        _, counts = torch.unique(labels[idx[b:b + 32]], return_counts=True)
+        assert len(counts) == 8 and bool((counts == 4).all())
+    assert len(MPerClassSampler(labels, m=5, length_before_new_iter=1234)) == 1200  # multiple of m x #classes
+    ds = torch.utils.data.TensorDataset(torch.arange(500), labels)
+    for _, y in DataLoader(ds, batch_size=32, sampler=s):
+        assert bool((torch.unique(y, return_counts=True)[1] == 4).all())
+
+
+def test_m_per_class_pml_mode_small_class_with_replacement_and_errors():
+    labels = np.array([0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    idx = list(MPerClassSampler(labels, m=3, batch_size=6, length_before_new_iter=60))
+    assert len(idx) == 60 and set(idx) <= set(range(10))
+    for bad in [dict(batch_size=7), dict(batch_size=12), dict(batch_size=6, length_before_new_iter=5)]:
+        with pytest.raises(AssertionError):  # PML's error type (ours is also a ValueError)
+            MPerClassSampler(labels, m=3, **bad)
+        with pytest.raises(ValueError):
+            MPerClassSampler(labels, m=3, **bad)

@@ -1,4 +1,4 @@
-"""P classes x K samples per batch (the "m per class" sampler of PML, with a deterministic epoch)."""
+"""m samples per class: PML's MPerClassSampler (an index sampler) and a P x K batch sampler with a deterministic epoch."""
 from __future__ import annotations
 
 from typing import Iterator, List, Optional
@@ -30,11 +30,28 @@ def _as_label_tensor(labels) -> torch.Tensor:
     return t.long()
 
 
-class MPerClassSampler(Sampler[List[int]]):
-    """Batch sampler: every batch holds `classes_per_batch` (P) distinct classes x `m` (K) indices each.
+_OURS = object()  # "not passed": tells our keywords apart from PML's call
 
-    Use as `DataLoader(dataset, batch_sampler=MPerClassSampler(labels, m=4, batch_size=64))`.
 
+class SamplerConfigError(ValueError, AssertionError):
+    """An impossible PML-style configuration: a ValueError (our rule) that is also PML's AssertionError."""
+
+
+class MPerClassSampler(Sampler):
+    """m samples per class, in two modes.
+
+    PML mode (`MPerClassSampler(labels, m, batch_size=None, length_before_new_iter=100000)`, PML's
+    signature and semantics; the default when none of our keywords below is given): an index sampler for
+    `DataLoader(dataset, batch_size=batch_size, sampler=...)`. One pass yields `len(sampler)` indices:
+    length_before_new_iter rounded down to a multiple of batch_size (or of m x #classes without a
+    batch_size); each block of batch_size indices holds batch_size / m random classes x m samples
+    (drawn without replacement, with replacement for a class smaller than m), so every loader batch is
+    m per class. Impossible configurations (length_before_new_iter < batch_size, m x #classes <
+    batch_size, m not dividing batch_size) raise an error that is both ValueError and AssertionError.
+
+    Batch mode (`batches=True`, or any of classes_per_batch / seed / generator given): a batch sampler,
+    `DataLoader(dataset, batch_sampler=MPerClassSampler(labels, m=4, batch_size=64, seed=0))`, with a
+    deterministic epoch: every batch holds `classes_per_batch` (P) distinct classes x `m` (K) indices.
     One epoch: each class's indices are shuffled and cut into ceil(n_c / K) chunks of K, the last chunk
     topped up cyclically from the start of the same shuffled list. The epoch has
     B = ceil(sum_c ceil(n_c / K) / P) batches (`len(sampler)`), and a class enters a batch at most once,
@@ -49,9 +66,11 @@ class MPerClassSampler(Sampler[List[int]]):
     Args:
         labels: (N,) integer labels of the dataset (tensor, array or sequence).
         m: K, samples per class in a batch.
-        batch_size: P * K; must be a multiple of m. Give this or `classes_per_batch`.
-        classes_per_batch: P. Requires at least P distinct classes.
-        seed / generator: randomness (see `set_epoch`); the same seed gives the same epochs.
+        batch_size: P * K; must be a multiple of m. (Batch mode: give this or `classes_per_batch`.)
+        length_before_new_iter: PML mode, indices per pass.
+        classes_per_batch: P (batch mode). Requires at least P distinct classes.
+        seed / generator: randomness (see `set_epoch`); the same seed gives the same epochs, in both modes.
+        batches: force the mode (True: batch sampler, False: PML index sampler).
     """
 
     def __init__(
@@ -59,13 +78,26 @@ class MPerClassSampler(Sampler[List[int]]):
         labels,
         m: int,
         batch_size: Optional[int] = None,
+        length_before_new_iter: int = 100000,
         *,
-        classes_per_batch: Optional[int] = None,
-        seed: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
+        classes_per_batch: Optional[int] = _OURS,
+        seed: Optional[int] = _OURS,
+        generator: Optional[torch.Generator] = _OURS,
+        batches: Optional[bool] = None,
     ):
+        if batches is None:
+            batches = any(v is not _OURS for v in (classes_per_batch, seed, generator))
+        classes_per_batch = None if classes_per_batch is _OURS else classes_per_batch
+        seed = None if seed is _OURS else seed
+        generator = None if generator is _OURS else generator
         labels = _as_label_tensor(labels)
+        self.batches = bool(batches)
         self.m = check_int("m", m)
+        self.classes, self._class_of, self._counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        self._rng = EpochRandom(seed, generator)
+        if not self.batches:
+            self._init_pml(batch_size, length_before_new_iter, classes_per_batch)
+            return
         if (batch_size is None) == (classes_per_batch is None):
             raise ValueError("give exactly one of batch_size and classes_per_batch")
         if batch_size is not None:
@@ -76,7 +108,6 @@ class MPerClassSampler(Sampler[List[int]]):
         else:
             self.classes_per_batch = check_int("classes_per_batch", classes_per_batch)
         self.batch_size = self.classes_per_batch * self.m
-        self.classes, self._class_of, self._counts = torch.unique(labels, return_inverse=True, return_counts=True)
         if len(self.classes) < self.classes_per_batch:
             raise ValueError(
                 f"labels has {len(self.classes)} classes but each batch needs classes_per_batch="
@@ -84,16 +115,56 @@ class MPerClassSampler(Sampler[List[int]]):
             )
         self._chunks = (self._counts + self.m - 1) // self.m
         self._num_batches = int(-(-int(self._chunks.sum()) // self.classes_per_batch))
-        self._rng = EpochRandom(seed, generator)
+
+    def _init_pml(self, batch_size, length, classes_per_batch):
+        if classes_per_batch is not None:
+            raise ValueError("classes_per_batch is a batch-mode argument (batches=True)")
+        length = check_int("length_before_new_iter", length)
+        single_pass = self.m * len(self.classes)
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size)
+        if self.batch_size is None:
+            if single_pass < length:
+                length -= length % single_pass
+            self._block = single_pass
+        else:
+            if length < self.batch_size:
+                raise SamplerConfigError(f"length_before_new_iter={length} must be >= batch_size={self.batch_size}")
+            if single_pass < self.batch_size:
+                raise SamplerConfigError(f"m * (number of classes) = {single_pass} must be >= batch_size="
+                                         f"{self.batch_size}")
+            if self.batch_size % self.m:
+                raise SamplerConfigError(f"m={self.m} must divide batch_size={self.batch_size}")
+            length -= length % self.batch_size
+            self._block = self.batch_size
+        self.length_before_new_iter = length
+        order = torch.argsort(self._class_of, stable=True)
+        self._members = torch.split(order, self._counts.tolist())
+
+    def _pml_indices(self, gen: torch.Generator) -> list:
+        per_block = self._block // self.m
+        n_blocks = max(1, self.length_before_new_iter // self._block)
+        out = []
+        for _ in range(n_blocks):
+            for c in torch.randperm(len(self.classes), generator=gen)[:per_block].tolist():
+                members = self._members[c]
+                if len(members) >= self.m:
+                    pick = members[torch.randperm(len(members), generator=gen)[: self.m]]
+                else:  # a class smaller than m: drawn with replacement, as PML's safe_random_choice
+                    pick = members[torch.randint(len(members), (self.m,), generator=gen)]
+                out.extend(pick.tolist())
+        return out[: self.length_before_new_iter]
 
     def __len__(self) -> int:
-        return self._num_batches
+        return self._num_batches if self.batches else self.length_before_new_iter
 
     def set_epoch(self, epoch: int) -> None:
         """Replay epoch `epoch` on the next pass (seeded mode); later passes continue from it."""
         self._rng.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[List[int]]:
+    def __iter__(self) -> Iterator:
+        if not self.batches:
+            yield from self._pml_indices(self._rng.next())
+            return
         yield from self._epoch_batches(self._rng.next()).tolist()
 
     def _epoch_batches(self, gen: torch.Generator) -> torch.Tensor:

@@ -52,10 +52,12 @@ FILES = {
     "miners/test_triplet_margin_miner.py": {"miners": ["TripletMarginMiner"]},
     "miners/test_multi_similarity_miner.py": {"miners": ["MultiSimilarityMiner"]},
     "miners/test_distance_weighted_miner.py": {"miners": ["DistanceWeightedMiner"]},
+    "samplers/test_m_per_class_sampler.py": {"samplers": ["MPerClassSampler"]},
 }
 # Where a PML name lives in ssml_fast when not in the module of the same name.
 _SSML_MODULE = {"losses": "ssml_fast.losses", "miners": "ssml_fast.miners", "distances": "ssml_fast.distances",
-                "reducers": "ssml_fast.reducers", "regularizers": "ssml_fast.regularizers"}
+                "reducers": "ssml_fast.reducers", "regularizers": "ssml_fast.regularizers",
+                "samplers": "ssml_fast.samplers"}
 _PML = "pytorch_metric_learning"
 
 
