@@ -230,3 +230,49 @@ def test_memory_is_allocated_once_and_holds_detached_rows():
 def test_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# ---------------------------------------------------------------- PML's CrossBatchMemory, same numbers
+
+@pytest.mark.parametrize("use_mask", [False, True])
+@pytest.mark.parametrize("which", ["triplet", "contrastive", "ntxent", "triplet_miner"])
+def test_matches_pml_cross_batch_memory(which, use_mask):
+    """PML's signature and forward (embeddings, labels, indices_tuple=None, enqueue_mask=None), and its
+    memory_size (the batch included): the same losses and gradients step after step, the memory wrapping."""
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    from pytorch_metric_learning import miners as pml_miners
+
+    from ssml_fast import losses as L
+    from ssml_fast import miners as M
+
+    ours_loss, pml_loss = {"triplet": (L.TripletMarginLoss(0.2), pml_losses.TripletMarginLoss(0.2)),
+                           "triplet_miner": (L.TripletMarginLoss(0.2), pml_losses.TripletMarginLoss(0.2)),
+                           "contrastive": (L.ContrastiveLoss(), pml_losses.ContrastiveLoss()),
+                           "ntxent": (L.NTXentLoss(0.3), pml_losses.NTXentLoss(0.3))}[which]
+    miners = (M.MultiSimilarityMiner(0.2), pml_miners.MultiSimilarityMiner(0.2)) if which == "triplet_miner" \
+        else (None, None)
+    ours = CrossBatchMemory(ours_loss, 4, memory_size=14, miner=miners[0], reference_grad=False)
+    theirs = pml_losses.CrossBatchMemory(pml_loss, 4, memory_size=14, miner=miners[1])
+    g = torch.Generator().manual_seed(3)
+    for step in range(6):
+        emb = torch.randn(6, 4, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 3, (6,), generator=g)
+        mask = (torch.arange(6) % 2 == 0) if use_mask else None
+        theirs.embedding_memory = theirs.embedding_memory.double()
+        x, y = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+        a, b = ours(x, labels, enqueue_mask=mask), theirs(y, labels, enqueue_mask=mask)
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=1e-7, atol=1e-10, msg=f"step {step}")
+        a.backward()
+        b.backward()
+        torch.testing.assert_close(x.grad, y.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_pml_call_shape_errors():
+    xbm = CrossBatchMemory(TripletMarginLoss(), 4, memory_size=8)
+    emb, labels = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    with pytest.raises(TypeError, match="ids="):
+        xbm(emb, labels, torch.arange(6))  # the old positional ids
+    with pytest.raises(ValueError, match="exclusive"):
+        xbm(emb, labels, (torch.tensor([0]), torch.tensor([1]), torch.tensor([2])), torch.ones(6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="memory_size"):
+        xbm(torch.randn(9, 4), torch.zeros(9, dtype=torch.long))

@@ -103,18 +103,22 @@ class CrossBatchMemory(nn.Module):
     construction when embedding_size is given, else at the first call; it stores `dtype` (default: the
     first batch's dtype, float32 when allocated at construction).
     miner: optional callable `miner(embeddings, labels, ref_emb, ref_labels)` returning PML-style indices.
-    See the module docstring for how self pairs are excluded. Gradients flow through the batch (as
-    anchors and as references); memory entries are constants.
+    See the module docstring for how self pairs are excluded. Gradients flow through the batch as
+    anchors, and (reference_grad=True, ours, the default) also as references; memory entries are
+    constants. reference_grad=False detaches the batch's copy in the reference, as PML and the XBM paper
+    do (the batch is enqueued first and read back from the detached memory): then values and gradients
+    are PML's exactly.
     """
 
     def __init__(self, loss: nn.Module, embedding_size: int | None = None, memory_size: int = 1024, miner=None,
-                 *, dtype: torch.dtype | None = None, device=None):
+                 *, reference_grad: bool = True, dtype: torch.dtype | None = None, device=None):
         super().__init__()
         if not callable(loss):
             raise TypeError(f"loss must be a callable loss module, got {type(loss).__name__}")
         self.loss = loss
         self.memory_size = check_size("memory_size", memory_size)
         self.miner = miner
+        self.reference_grad = bool(reference_grad)
         self.dtype = dtype
         self.register_module("queue", None)
         self.embedding_size = None
@@ -143,7 +147,8 @@ class CrossBatchMemory(nn.Module):
         if ids is not None and mem_ids.numel():
             sel = (~torch.isin(mem_ids, ids)).nonzero().squeeze(1)
             mem_emb, mem_labels = mem_emb.index_select(0, sel), mem_labels.index_select(0, sel)
-        ref_emb = torch.cat([embeddings, mem_emb.to(embeddings.dtype)])
+        batch = embeddings if self.reference_grad else embeddings.detach()
+        ref_emb = torch.cat([batch, mem_emb.to(embeddings.dtype)])
         return ref_emb, torch.cat([labels, mem_labels])
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None, enqueue_mask=None, *,
