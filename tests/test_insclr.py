@@ -462,9 +462,6 @@ def test_pool_larger_than_the_dataset_is_a_named_error(split):
         _insclr(split, pool_size=n, memory_exclude_top=10)
 
 
-@pytest.mark.xfail(reason="trainer: a checkpoint written at the end of a stage's last epoch loads that stage's "
-                          "scheduler state into the next stage (Trainer.fit keeps `resumed` past the skipped "
-                          "stage); reported in issue 10", strict=False)
 def test_resume_from_the_end_of_a_stage_is_bit_identical(split, tmp_path):
     def mk():
         return _insclr(split, epochs=1, base_stages=2, schedule="cosine")
