@@ -15,7 +15,9 @@ are its own (BN layers in train mode use batch statistics anyway, as the officia
 
 "small" preset (28 x 28 MNIST-5k): 10 epochs, batch 128, Adam 1e-3 one-cycle, strong views, projector and
 predictor 512 hidden -> 128, tau_base 0.99 (0.996 over only 170 steps leaves the target nearly frozen at
-its initialisation for the first epochs).
+its initialisation for the first epochs). On the validation split of the training classes
+(bench/select_presets.py's: train 0-2, validate 3-4; seed 0) tau_base 0.99 gave MAP@R 0.743 against
+0.734 for 0.996 (one seed: within the usual seed spread of ~0.02; untrained network 0.773).
 """
 from __future__ import annotations
 

@@ -10,8 +10,10 @@ Linear 2048 -> 512 - BN - ReLU - Linear 512 -> 2048, SGD lr 0.05 x B / 256 with 
 0.9, wd 1e-4, cosine, 100 epochs. Deviation: the official `--fix-pred-lr` (predictor at a constant lr) is
 not used (it is an option of the official code, off by default in its ImageNet command).
 
-"small" preset (28 x 28 MNIST-5k): 10 epochs, batch 128, Adam 1e-3 one-cycle, strong views, projector 512
-(3 layers) and predictor bottleneck 128 (the official 4 : 1 ratio).
+"small" preset (28 x 28 MNIST-5k): 10 epochs, batch 128, Adam 1e-3 one-cycle, projector 512 (3 layers)
+and predictor bottleneck 128 (the official 4 : 1 ratio), mild views: on the validation split of the
+training classes (bench/select_presets.py's: train 0-2, validate 3-4; seed 0) mild views gave MAP@R 0.773
+against 0.755 for the strong ones (one seed, about the seed spread; untrained network 0.773).
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ class SimSiam(Method):
     presets: ClassVar[dict] = {
         "official": {},
         "small": dict(epochs=10, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=1e-4,
-                      schedule="onecycle", projection_dim=512, predictor_dim=128),
+                      schedule="onecycle", augment="mild", projection_dim=512, predictor_dim=128),
     }
 
     def __init__(self, config: SimSiamConfig, data: DataInfo):
