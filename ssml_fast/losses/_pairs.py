@@ -182,9 +182,13 @@ def check_real(name, value) -> float:
 
 def all_triplets(labels, ref_labels, self_ref: bool):
     """Every (a, p, n) with label(p) == label(a) != label(n) (p != a for the batch itself), ordered by
-    (a, p, n) as PML's get_all_triplets_indices; O(B R^2) like PML's (the fused op avoids it)."""
+    (a, p, n) as PML's get_all_triplets_indices; built per positive pair against its anchor's negative
+    row, O(#positive pairs x R) memory instead of PML's B x R x R mask (the output itself is the size of
+    the triplet set)."""
     pos, neg = label_masks(labels, ref_labels, self_ref)
-    return torch.where(pos[:, :, None] & neg[:, None, :])
+    a, p = torch.where(pos)
+    k, n = torch.where(neg[a])
+    return a[k], p[k], n
 
 
 def random_triplets(labels, ref_labels, self_ref: bool, per_anchor: int, generator=None):
