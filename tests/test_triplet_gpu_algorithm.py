@@ -70,3 +70,23 @@ def test_matches_brute_force(B, C, mining, margin, seed, grid):
     ref, ref_active, ref_total = brute_force_triplet_loss(x, labels, margin, mining, "sqeuclidean")
     torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-9)
     assert (int(active), int(total)) == (ref_active, ref_total)
+
+
+def test_rows_beyond_one_chunk_match_cpu_kernel():
+    # 2100 x 2100 > 2^22 entries: the sorted algorithm processes two chunks of rows (row offsets, the diagonal
+    # rule and the per-chunk sums must carry over); NaN in a second-chunk row too.
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2100, 4, generator=g)
+    labels = torch.randint(0, 30, (2100,), generator=g)
+    dist = ops.pairwise_distance(x, x).clone()
+    for mining in ["all", "hard", "semihard"]:
+        a, b = both(dist, labels, labels, True, 0.3, mining, "mean")
+        assert_same(a, b)
+    dist[2050, 7] = float("nan")
+    for mining in ["all", "hard", "semihard"]:
+        a, b = both(dist, labels, labels, True, 0.3, mining, "sum", soft=mining != "all")
+        assert torch.isnan(a[0]) and torch.isnan(b[0])
+        assert int(a[1]) == int(b[1]) and int(a[2]) == int(b[2])
+        assert torch.equal(torch.isnan(a[3]), torch.isnan(b[3]))
+        keep = ~torch.isnan(a[3])
+        assert torch.equal(a[3][keep], b[3][keep])

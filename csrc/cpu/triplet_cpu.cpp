@@ -1,6 +1,8 @@
 // CPU backend of triplet_margin_loss_from_dist: one pass over each anchor's row of the (B, R)
 // distance matrix, writing the loss and dloss/ddist together. No triplet is ever materialised.
 #include <algorithm>
+#include <bit>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -184,6 +186,21 @@ RowOut semihard_row(const T* d, const int64_t* ref_labels, int64_t R, int64_t li
   return out;
 }
 
+// Whether d[0, R) holds a NaN, as one integer max over the magnitude bits (NaN is above inf's pattern):
+// a reduction the compiler vectorises, unlike a chain of float compares OR-ed into a bool.
+template <typename T>
+bool row_has_nan(const T* d, int64_t R) {
+  using U = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  constexpr U kMagnitude = std::numeric_limits<U>::max();  // all bits but the sign
+  const U inf_bits = std::bit_cast<U>(std::numeric_limits<T>::infinity());
+  U m = 0;
+  for (int64_t j = 0; j < R; ++j) {
+    const U b = std::bit_cast<U>(d[j]) & kMagnitude;
+    m = b > m ? b : m;
+  }
+  return m > inf_bits;
+}
+
 // A NaN among an anchor's positive or negative distances, when the anchor has a valid triplet, makes its loss
 // NaN whatever the mining (the plain formula max(0, d_ap - d_an + m) is NaN for such a triplet; comparisons
 // would otherwise skip NaN silently and hide a diverged model from the trainer's finite-loss check). Its
@@ -193,9 +210,7 @@ RowOut semihard_row(const T* d, const int64_t* ref_labels, int64_t R, int64_t li
 template <typename T>
 bool nan_row(const T* d, const int64_t* ref_labels, int64_t R, int64_t li, int64_t self, Mining mining, T* g,
              RowOut* out) {
-  bool any = false;
-  for (int64_t j = 0; j < R; ++j) any |= d[j] != d[j];
-  if (!any) return false;
+  if (!row_has_nan(d, R)) return false;
   int64_t P = 0, N = 0;
   bool nan = false;
   for (int64_t j = 0; j < R; ++j) {
