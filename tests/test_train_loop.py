@@ -15,7 +15,13 @@ TIME_KEYS = ("seconds", "images_per_s")
 
 @pytest.fixture(scope="module")
 def split():
-    return load_dataset("digits", seed=0)
+    """digits (train 0-4, test 5-9) with 300 of the 811 training images: every method x every trainer test
+    stays within the CI budget (4-5 steps per epoch at batch 60)."""
+    import dataclasses
+
+    s = load_dataset("digits", seed=0)
+    keep = torch.randperm(len(s.train_labels), generator=torch.Generator().manual_seed(0))[:300].sort().values
+    return dataclasses.replace(s, train_images=s.train_images[keep], train_labels=s.train_labels[keep])
 
 
 def _method(name, split, **overrides):
@@ -25,6 +31,13 @@ def _method(name, split, **overrides):
     return get_method(name)(cfg, data_info(split))
 
 
+def assert_same_state(a, b):
+    """state_dicts equal entry by entry (tensors bit-identical; extra state such as a queue's pointer ==)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]), k
+
+
 def _strip_times(history):
     return [{k: v for k, v in row.items() if k not in TIME_KEYS} for row in history]
 
@@ -32,7 +45,7 @@ def _strip_times(history):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_one_step_changes_parameters_and_gives_finite_loss(name, split):
     m = _method(name, split)
-    before = {k: v.clone() for k, v in m.state_dict().items()}
+    before = {k: v.clone() for k, v in m.state_dict().items() if torch.is_tensor(v)}
     t = Trainer(m, split, RunConfig(seed=0, quiet=True, eval_every=0))
     sampler = m.batch_sampler(m.stages()[0], t.ctx)
     m.on_epoch_start(0, sampler, t.ctx)
@@ -47,7 +60,8 @@ def test_one_step_changes_parameters_and_gives_finite_loss(name, split):
     out.loss.backward()
     m.after_backward()
     t.optimizer.step()
-    changed = [k for k, v in m.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    changed = [k for k, v in m.state_dict().items()
+               if torch.is_tensor(v) and v.is_floating_point() and not torch.equal(v, before[k])]
     assert any("trunk" in k for k in changed), changed
 
 
@@ -80,9 +94,7 @@ def test_resume_is_bit_identical(name, split, tmp_path):
     second = Trainer(_method(name, split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
     res_b = second.fit(resume=True)
 
-    sa, sb = straight.method.state_dict(), second.method.state_dict()
-    assert sa.keys() == sb.keys()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_same_state(straight.method.state_dict(), second.method.state_dict())
     assert _strip_times(res_a["history"]) == _strip_times(res_b["history"])
     assert res_a["test"] == res_b["test"]
 
@@ -111,8 +123,7 @@ def test_sigint_mid_epoch_saves_a_loadable_checkpoint_and_resumes_exactly(split,
     assert state["position"] == {"stage": 0, "epoch": 0, "step": 5}
     resumed = Trainer(_method("supervised", split), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
     resumed.fit(resume=True)
-    sa, sb = straight.method.state_dict(), resumed.method.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_same_state(straight.method.state_dict(), resumed.method.state_dict())
     assert _strip_times(straight.history) == _strip_times(resumed.history)
 
 
@@ -135,7 +146,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpo
         t.fit()
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["position"]["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in state["method"].values() if torch.is_tensor(v) and v.is_floating_point())
 
 
 def test_huge_learning_rate_is_caught_not_checkpointed_as_nan(split, tmp_path):
@@ -145,7 +156,7 @@ def test_huge_learning_rate_is_caught_not_checkpointed_as_nan(split, tmp_path):
         t.fit()
     if (tmp_path / "last.pt").exists():
         state = load_checkpoint(tmp_path / "last.pt")
-        assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
+        assert all(torch.isfinite(v).all() for v in state["method"].values() if torch.is_tensor(v) and v.is_floating_point())
 
 
 def test_logs_are_written_per_epoch(split, tmp_path):

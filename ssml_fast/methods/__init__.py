@@ -3,13 +3,23 @@ from __future__ import annotations
 
 from ..config import ConfigError, apply_overrides
 from .base import Batch, DataInfo, Method, MethodConfig, Stage, StepOutput
+from .barlow_twins import BarlowTwins
+from .byol import BYOL
+from .dino import DINO
+from .insclr import InsCLR
+from .moco import MoCo
 from .simclr import SimCLR
+from .simsiam import SimSiam
 from .spreading import Spreading
 from .stml import STML
 from .stml_memory import STMLMemory
 from .supervised import Supervised
+from .vicreg import VICReg
 
-METHODS: dict[str, type] = {m.name: m for m in (Supervised, Spreading, SimCLR, STML, STMLMemory)}
+# The thesis's methods first, then the SSL baselines of the blog post / thesis 2.4; compare runs them in
+# this order.
+METHODS: dict[str, type] = {m.name: m for m in (Supervised, Spreading, SimCLR, STML, STMLMemory, InsCLR,
+                                                MoCo, BYOL, SimSiam, DINO, BarlowTwins, VICReg)}
 
 
 def register_method(cls: type) -> type:
@@ -44,5 +54,6 @@ def make_config(name: str, preset: str | None = None, overrides=(), ) -> MethodC
     return config
 
 
-__all__ = ["Batch", "DataInfo", "METHODS", "Method", "MethodConfig", "SimCLR", "STML", "STMLMemory", "Spreading", "Stage",
+__all__ = ["BYOL", "Batch", "BarlowTwins", "DINO", "DataInfo", "InsCLR", "METHODS", "Method", "MethodConfig",
+           "MoCo", "SimCLR", "SimSiam", "VICReg", "STML", "STMLMemory", "Spreading", "Stage",
            "StepOutput", "Supervised", "available_methods", "get_method", "make_config", "register_method"]
