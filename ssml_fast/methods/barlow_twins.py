@@ -12,7 +12,8 @@ simclr / byol here), one learning rate for all parameters; the standardisation i
 BN module's running statistics are never used).
 
 "small" preset (28 x 28 MNIST-5k): projector 1024-1024-1024, 10 epochs, batch 128, Adam 1e-3 one-cycle,
-strong views, lambda 0.0051.
+strong views, lambda 0.0051. Not tuned: on the validation split of the training classes (train 0-2, validate 3-4;
+seed 0) this preset gives MAP@R 0.730 (untrained network 0.773); no alternative was tried yet.
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ the official all-gather of z across ranks before the variance and covariance ter
 device).
 
 "small" preset (28 x 28 MNIST-5k): expander 1024-1024-1024, 10 epochs, batch 128, Adam 1e-3 one-cycle,
-strong views.
+strong views. Not tuned: on the validation split of the training classes (train 0-2, validate 3-4;
+seed 0) this preset gives MAP@R 0.754 (untrained network 0.773); no alternative was tried yet.
 """
 from __future__ import annotations
 
