@@ -4,11 +4,18 @@
 // device; each backend passes its own.
 #include <ATen/core/Tensor.h>
 #include <ATen/TensorOperators.h>
-#include <ATen/ops/mm.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/amax.h>
 #include <ATen/ops/clamp_min.h>
+#include <ATen/ops/exp2.h>
+#include <ATen/ops/floor.h>
 #include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/log2.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/where.h>
+#include <c10/util/Exception.h>
 #include "common/distance_math.h"
+#include "common/full_precision.h"
 
 namespace ssml_fast {
 
@@ -16,11 +23,34 @@ namespace ssml_fast {
 constexpr double kNormEps = 1e-12;
 
 struct DistanceEpilogues {
-  // gram (B, R) in place -> distances, given squared norms sq_x (B,), sq_y (R,) (undefined for cosine).
-  void (*to_distance)(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor& sq_y, Metric metric);
+  // gram (B, R) in place -> distances, given squared norms sq_x (B,), sq_y (R,) (undefined for cosine)
+  // and the rows x (B, D), y (R, D) themselves, from which the entries the GEMM form cannot give
+  // (gram_form_ok false) are recomputed directly.
+  void (*to_distance)(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor& sq_y, const at::Tensor& x,
+                      const at::Tensor& y, Metric metric);
   // H (B, R) from upstream grad and forward distances, see distance_grad_coef.
   at::Tensor (*grad_coef)(const at::Tensor& grad, const at::Tensor& dist, Metric metric);
 };
+
+inline void check_pairwise_args(const at::Tensor& x, const at::Tensor& y) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && y.dim() == 2 && x.size(1) == y.size(1),
+                    "x and y must be 2-D with one number of columns, got shapes ", x.sizes(), " and ", y.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type() &&
+                       (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+                   "x and y must both be float32 or both float64 (half precision is cast by the wrapper), got ",
+                   x.scalar_type(), " and ", y.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == y.device(), "y is on ", y.device(), " but x is on ", x.device());
+}
+
+// Rows scaled by a power of two so their largest coordinate is below 2^60 (exact: no rounding), for the
+// norm of a row that would overflow when squared (float32 beyond ~1e19); other rows are left untouched, so
+// the usual inputs give bit-identical results. NaN / inf rows keep their NaN / inf.
+inline at::Tensor tame_huge_rows(const at::Tensor& x) {
+  const at::Tensor amax = at::amax(at::abs(x), {1}, /*keepdim=*/true);
+  const double big = 1152921504606846976.0;  // 2^60
+  const at::Tensor scale = at::where(amax > big, at::exp2(-at::floor(at::log2(amax))), 1.0);
+  return x * scale;
+}
 
 inline at::Tensor unit_rows(const at::Tensor& x, at::Tensor* norms = nullptr) {
   at::Tensor n = at::linalg_vector_norm(x, 2, {1}, /*keepdim=*/true);
@@ -30,24 +60,36 @@ inline at::Tensor unit_rows(const at::Tensor& x, at::Tensor* norms = nullptr) {
 
 inline at::Tensor pairwise_distance_impl(const at::Tensor& x_in, const at::Tensor& y_in, Metric metric,
                                          const DistanceEpilogues& ep) {
+  check_pairwise_args(x_in, y_in);
+  const FullFloat32Matmul full_precision;
   at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
   at::Tensor gram;
   if (metric == Metric::Cosine) {
-    gram = at::mm(unit_rows(x), unit_rows(y).t());
-    ep.to_distance(gram, at::Tensor(), at::Tensor(), metric);
+    gram = at::mm(unit_rows(tame_huge_rows(x)), unit_rows(tame_huge_rows(y)).t());
+    ep.to_distance(gram, at::Tensor(), at::Tensor(), x, y, metric);
   } else {
     gram = at::mm(x, y.t());
-    ep.to_distance(gram, (x * x).sum(1), (y * y).sum(1), metric);
+    ep.to_distance(gram, (x * x).sum(1), (y * y).sum(1), x, y, metric);
   }
   // d(x_i, x_i) is exactly 0, but the GEMM form rounds it to ~1e-8: pin it when y is x. The gradient
   // there is 0 for every metric, which distance_grad_coef (and the cosine projection) already give.
-  if (x_in.is_same(y_in)) gram.diagonal().zero_();
+  // Multiplying by 0 rather than writing 0 keeps a NaN row's NaN (the plain formula's x_i - x_i is NaN).
+  if (x_in.is_same(y_in)) gram.diagonal().mul_(0);
   return gram;
 }
 
 inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
     const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& dist,
     Metric metric, const DistanceEpilogues& ep) {
+  check_pairwise_args(x_in, y_in);
+  TORCH_CHECK_VALUE(grad.device() == x_in.device() && dist.device() == x_in.device(),
+                    "grad and dist must be on x's device ", x_in.device());
+  TORCH_CHECK_VALUE(grad.sizes() == dist.sizes() && dist.dim() == 2 && dist.size(0) == x_in.size(0) &&
+                        dist.size(1) == y_in.size(0),
+                    "grad and dist must have shape (", x_in.size(0), ", ", y_in.size(0), ")");
+  TORCH_CHECK_TYPE(grad.scalar_type() == x_in.scalar_type() && dist.scalar_type() == x_in.scalar_type(),
+                   "grad and dist must have x's dtype ", x_in.scalar_type());
+  const FullFloat32Matmul full_precision;
   at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
   at::Tensor h = ep.grad_coef(grad.contiguous(), dist.contiguous(), metric);
   if (metric != Metric::Cosine) {

@@ -1,4 +1,8 @@
 // CPU backend of pairwise_distance: the element-wise epilogues around the shared GEMM body.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
@@ -10,18 +14,35 @@
 namespace ssml_fast {
 namespace {
 
-void to_distance_cpu(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor& sq_y, Metric metric) {
-  const int64_t B = gram.size(0), R = gram.size(1);
+void to_distance_cpu(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor& sq_y, const at::Tensor& x,
+                     const at::Tensor& y, Metric metric) {
+  const int64_t B = gram.size(0), R = gram.size(1), D = x.size(1);
   AT_DISPATCH_FLOATING_TYPES(gram.scalar_type(), "pairwise_distance_cpu", [&] {
     scalar_t* g = gram.data_ptr<scalar_t>();
-    const scalar_t* sx = metric == Metric::Cosine ? nullptr : sq_x.const_data_ptr<scalar_t>();
-    const scalar_t* sy = metric == Metric::Cosine ? nullptr : sq_y.const_data_ptr<scalar_t>();
+    const bool cosine = metric == Metric::Cosine;
+    const scalar_t* sx = cosine ? nullptr : sq_x.const_data_ptr<scalar_t>();
+    const scalar_t* sy = cosine ? nullptr : sq_y.const_data_ptr<scalar_t>();
+    const scalar_t* X = x.const_data_ptr<scalar_t>();
+    const scalar_t* Y = y.const_data_ptr<scalar_t>();
+    // A row can only hit a NaN, an inf or an overflow when its own squared norm, or the largest of y's, is
+    // non-finite or close to the type's limit: every other row runs the plain (vectorised) loop.
+    double sy_max = 0;
+    bool sy_finite = true;
+    for (int64_t j = 0; sy && j < R; ++j) {
+      sy_finite = sy_finite && std::isfinite(sy[j]);
+      sy_max = std::max(sy_max, static_cast<double>(sy[j]));
+    }
+    const double limit = 0.25 * static_cast<double>(std::numeric_limits<scalar_t>::max());
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* row = g + i * R;
         const scalar_t si = sx ? sx[i] : scalar_t(0);
         for (int64_t j = 0; j < R; ++j)
           row[j] = distance_from_gram<scalar_t>(si, sy ? sy[j] : scalar_t(0), row[j], metric);
+        if (cosine || (sy_finite && std::isfinite(si) && std::max(static_cast<double>(si), sy_max) < limit))
+          continue;
+        for (int64_t j = 0; j < R; ++j)
+          if (!gram_form_ok<scalar_t>(si, sy[j], row[j])) row[j] = direct_distance<scalar_t>(X + i * D, Y + j * D, D, metric);
       }
     });
   });

@@ -13,12 +13,14 @@
 namespace ssml_fast {
 namespace {
 
-void to_distance_cuda(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor& sq_y, Metric metric) {
+void to_distance_cuda(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor& sq_y, const at::Tensor& x,
+                      const at::Tensor& y, Metric metric) {
   const bool cosine = metric == Metric::Cosine;
   AT_DISPATCH_FLOATING_TYPES(gram.scalar_type(), "pairwise_distance_cuda", [&] {
     cuda::distance_epilogue<scalar_t>(gram.data_ptr<scalar_t>(), cosine ? nullptr : sq_x.const_data_ptr<scalar_t>(),
-                                      cosine ? nullptr : sq_y.const_data_ptr<scalar_t>(), gram.size(0), gram.size(1),
-                                      metric, c10::cuda::getCurrentCUDAStream());
+                                      cosine ? nullptr : sq_y.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                      y.const_data_ptr<scalar_t>(), gram.size(0), gram.size(1), x.size(1), metric,
+                                      c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -37,6 +39,7 @@ at::Tensor grad_coef_cuda(const at::Tensor& grad, const at::Tensor& dist, Metric
 constexpr DistanceEpilogues kCudaEpilogues{to_distance_cuda, grad_coef_cuda};
 
 at::Tensor pairwise_distance_cuda(const at::Tensor& x, const at::Tensor& y, c10::string_view metric) {
+  check_pairwise_args(x, y);  // before the guard: a CPU tensor here must raise a clear error
   c10::cuda::CUDAGuard guard(x.device());
   return pairwise_distance_impl(x, y, parse_metric(metric), kCudaEpilogues);
 }
@@ -44,6 +47,7 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x, const at::Tensor& y, c10:
 std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
                                                                    const at::Tensor& y, const at::Tensor& dist,
                                                                    c10::string_view metric) {
+  check_pairwise_args(x, y);
   c10::cuda::CUDAGuard guard(x.device());
   return pairwise_distance_backward_impl(grad, x, y, dist, parse_metric(metric), kCudaEpilogues);
 }

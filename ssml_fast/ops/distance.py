@@ -38,7 +38,12 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, distance: 
 
     distance: "euclidean" (||x - y||), "sqeuclidean" (||x - y||^2) or "cosine" (1 - cos(x, y)).
     Embeddings are used as given (no normalisation) except by "cosine". float32/float64; half
-    precision is computed in float32. y=None (or y is x) means y = x, and then the diagonal is exactly 0.
+    precision is computed in float32 (also inside torch.autocast, which returns float32 here). y=None (or
+    y is x) means y = x, and then the diagonal is exactly 0 (NaN for a NaN row).
+    Non-finite and extreme inputs: a distance is NaN / inf exactly where the plain formula
+    sqrt(sum((x_i - y_j)^2)) (1 - cos for "cosine") is, and rows too large for the GEMM form (float32 beyond
+    ~1e19, whose squared norms overflow) get their true distance, computed from the coordinates; only a
+    true value beyond the dtype's range is inf. The GEMMs run in full float32 whatever the TF32 settings.
     """
     _checks.check_embeddings("x", x)
     _checks.check_choice("distance", distance, DISTANCES)
