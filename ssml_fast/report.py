@@ -99,12 +99,13 @@ def plot_curves(path: Path, histories: dict) -> Path:
     for name, hist in histories.items():
         x = list(range(1, len(hist) + 1))
         loss = [r["loss"] for r in hist]
-        first = loss[0] if loss and loss[0] != 0 else 1.0
-        a.plot(x, [v / first for v in loss], marker=".", label=name)
+        # Losses differ in scale and sign (SimSiam's is a negative cosine): each is scaled to [0, 1].
+        lo, hi = min(loss), max(loss)
+        a.plot(x, [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in loss], marker=".", label=name)
         if any("val_map_at_r" in r for r in hist):
             b.plot([i for i, r in zip(x, hist) if "val_map_at_r" in r],
                    [r["val_map_at_r"] for r in hist if "val_map_at_r" in r], marker=".", label=name)
-    a.set_title("training loss (relative to epoch 1)")
+    a.set_title("training loss (min-max scaled per method)")
     a.set_xlabel("epoch")
     b.set_title("validation MAP@R (held-out images of training classes)")
     b.set_xlabel("epoch")
