@@ -195,7 +195,8 @@ def test_int32_labels_passed_as_ref_labels_too():
     lab32 = labels.int()
     base = ops.triplet_margin_loss(emb, labels)
     assert torch.equal(ops.triplet_margin_loss(emb, lab32, ref_emb=emb, ref_labels=lab32), base)
-    assert torch.equal(losses.TripletMarginLoss()(emb, lab32, ref_emb=emb, ref_labels=lab32), base)
+    assert torch.equal(losses.TripletMarginLoss()(emb, lab32, ref_emb=emb, ref_labels=lab32),
+                       losses.TripletMarginLoss()(emb, labels))
     a = miners.BatchHardMiner()(emb, lab32, emb, lab32)
     b = miners.BatchHardMiner()(emb, labels)
     assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -73,8 +73,10 @@ def test_cross_batch_reference_matches_pml():
 
 
 def test_module_matches_pml():
+    from ssml_fast.distances import LpDistance
     from ssml_fast.losses import TripletMarginLoss
 
     emb, labels = batch(48, 6, seed=5)
-    assert_same(lambda e: TripletMarginLoss(margin=0.3)(e, labels),
+    # The module's default distance is PML's (L2-normalised embeddings); pml_loss uses raw euclidean.
+    assert_same(lambda e: TripletMarginLoss(margin=0.3, distance=LpDistance(normalize_embeddings=False))(e, labels),
                 lambda e: pml_loss("euclidean", 0.3)(e, labels), emb)
