@@ -224,11 +224,15 @@ class Trainer:
         method.on_epoch_start(epoch, sampler, ctx)
         ctx.resume_step = 0
         gen = ctx.generator("views")
-        sums = {"loss": torch.zeros((), dtype=torch.float64)}
+        # Epoch sums stay on the training device: reading them per step would add a host sync per logged
+        # value (the finite-loss check is the one sync a step needs).
+        zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
+        sums = {"loss": zero()}
         counts = {"loss": 0}
         if resumed is not None:
             gen.set_state(resumed["rng"]["aug"])
-            sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in resumed["epoch_sums"]["sums"].items()}
+            sums = {k: torch.tensor(v, dtype=torch.float64, device=self.device)
+                    for k, v in resumed["epoch_sums"]["sums"].items()}
             counts = dict(resumed["epoch_sums"]["counts"])
         method.train()
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.amp)
@@ -264,11 +268,11 @@ class Trainer:
             method.after_step(batch, out)
             self.global_step += 1
             n_images += len(indices)
-            sums["loss"] += loss.detach().double().cpu()
+            sums["loss"] += loss.detach().double()
             counts["loss"] += 1
             for k, v in out.logs.items():
-                v = v.detach().double().cpu() if torch.is_tensor(v) else torch.tensor(float(v), dtype=torch.float64)
-                sums[k] = sums.get(k, torch.zeros((), dtype=torch.float64)) + v
+                v = v.detach().double().to(self.device) if torch.is_tensor(v) else float(v)
+                sums[k] = sums.get(k, zero()) + v
                 counts[k] = counts.get(k, 0) + 1
             if bar is not None:
                 bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
