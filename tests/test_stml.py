@@ -8,6 +8,7 @@ from ssml_fast.methods import get_method, make_config
 from ssml_fast.nn import ema_update_
 from ssml_fast.train import RunConfig, Trainer, data_info
 
+from conftest import interrupt_after
 from test_contextual import reference as contextual_reference
 
 
@@ -186,22 +187,10 @@ def test_nn_batches_are_queries_with_their_neighbours_and_two_views_share_ids(sp
 def test_resume_restores_teacher_and_neighbour_table(split, tmp_path):
     straight = Trainer(_stml(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "a")
     straight.fit()
-    import os
-    import signal
-
     from ssml_fast.train import TrainingInterrupted
 
     t = Trainer(_stml(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
-    calls = {"n": 0}
-    orig = t.method.after_step
-
-    def after_step(b, o):
-        orig(b, o)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    t.method.after_step = after_step
+    interrupt_after(t, 3)
     with pytest.raises(TrainingInterrupted):
         t.fit()
     resumed = Trainer(_stml(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
@@ -292,25 +281,13 @@ def test_memory_excludes_entries_sharing_an_id_with_the_batch(split):
 
 
 def test_memory_is_used_after_warmup_and_resume_restores_it(split, tmp_path):
-    import os
-    import signal
-
     from ssml_fast.train import TrainingInterrupted
 
     straight = Trainer(_stml_memory(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "a")
     res = straight.fit()
     assert res["history"][-1]["memory_used"] > 0
     t = Trainer(_stml_memory(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
-    calls = {"n": 0}
-    orig = t.method.after_step
-
-    def after_step(b, o):
-        orig(b, o)
-        calls["n"] += 1
-        if calls["n"] == 25:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    t.method.after_step = after_step
+    interrupt_after(t, 25)
     with pytest.raises(TrainingInterrupted):
         t.fit()
     resumed = Trainer(_stml_memory(split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")

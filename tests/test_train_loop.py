@@ -1,13 +1,12 @@
 """The trainer: every method steps, resume is bit-identical, NaN stops a run, Ctrl-C leaves a checkpoint."""
 import math
-import os
-import signal
 
 import pytest
 import torch
 
 from ssml_fast.data import load_dataset
 from ssml_fast.methods import METHODS, get_method, make_config
+from conftest import interrupt_after
 from ssml_fast.train import NonFiniteLossError, RunConfig, Trainer, TrainingInterrupted, data_info, load_checkpoint
 
 TIME_KEYS = ("seconds", "images_per_s")
@@ -88,7 +87,7 @@ def test_resume_is_bit_identical(name, split, tmp_path):
     first = Trainer(_method(name, split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
     # Stop after one epoch by interrupting at the last step of epoch 1, then resume in a new trainer.
     steps = len(first.method.batch_sampler(first.method.stages()[0], first.ctx))
-    _interrupt_after(first, steps)
+    interrupt_after(first, steps)
     with pytest.raises(TrainingInterrupted):
         first.fit()
     second = Trainer(_method(name, split, epochs=2), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
@@ -99,24 +98,11 @@ def test_resume_is_bit_identical(name, split, tmp_path):
     assert res_a["test"] == res_b["test"]
 
 
-def _interrupt_after(trainer, n_steps):
-    calls = {"n": 0}
-    original = trainer.method.after_step
-
-    def after_step(batch, out):
-        original(batch, out)
-        calls["n"] += 1
-        if calls["n"] == n_steps:
-            os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler finishes the step, saves, stops
-
-    trainer.method.after_step = after_step
-
-
 def test_sigint_mid_epoch_saves_a_loadable_checkpoint_and_resumes_exactly(split, tmp_path):
     straight = Trainer(_method("supervised", split), split, RunConfig(seed=0, quiet=True), tmp_path / "a")
     straight.fit()
     t = Trainer(_method("supervised", split), split, RunConfig(seed=0, quiet=True), tmp_path / "b")
-    _interrupt_after(t, 5)
+    interrupt_after(t, 5)
     with pytest.raises(TrainingInterrupted, match="epoch 1, step 5"):
         t.fit()
     state = load_checkpoint(tmp_path / "b" / "last.pt")
