@@ -50,8 +50,9 @@ def prepare_runs(dataset: str, methods: Sequence[str], *, epochs: Optional[int],
     return {m: make_config(m, preset or default_preset(dataset), extra) for m in methods}
 
 
-def baseline_metrics(split, seed: int, device) -> dict:
-    """raw pixels and the untrained default network (supervised method's, random init with `seed`)."""
+def baseline_metrics(split, seed: int, device) -> tuple[dict, dict]:
+    """Metrics and test embeddings of the raw pixels and of the untrained default network (the supervised
+    method's, random init with `seed`)."""
     from .evaluation import retrieval_metrics
     from .methods import make_config, get_method
     from .train import data_info, embed_images
@@ -92,7 +93,7 @@ def run_compare(
     """
     from .data import load_dataset
     from .methods import get_method
-    from .train import RunConfig, Trainer, data_info, resolve_device
+    from .train import RunConfig, Trainer, data_info, embed_images, resolve_device
     from .report import write_report
 
     names = check_methods(methods)
@@ -143,8 +144,6 @@ def run_compare(
                 f"({result['train_seconds']:.0f}s training)")
             if seed == seeds[0]:
                 histories[name] = result["history"]
-                from .train import embed_images
-
                 grid_embeddings[name] = embed_images(method.embed, method, split.test_images, dev)
     table = aggregate(per_seed, seeds)
     kinds = {n: ("supervised" if get_method(n).uses_labels else "self-supervised") for n in names}
