@@ -87,10 +87,11 @@ def test_trunk_bad_arguments_are_named(kwargs, word):
 
 
 def test_registry():
-    assert set(available_trunks()) == {"small_cnn", "small_cnn_wide"} == set(TRUNKS)
+    names = {"small_cnn", "small_cnn_wide", "resnet18", "resnet50", "resnet101", "googlenet"}
+    assert set(TRUNKS) == names and set(available_trunks()) == names | {"timm:<timm model name>"}
     assert all(callable(f) for f in TRUNKS.values())
     assert build_trunk("small_cnn_wide", (1, 28, 28), 0.3, 0.4, channels=(8, 8)).out_dim == 8 * 7 * 7
-    with pytest.raises(ValueError, match=r"backbone 'resnet9'.*small_cnn, small_cnn_wide"):
+    with pytest.raises(ValueError, match=r"backbone 'resnet9'.*googlenet, resnet101.*small_cnn, small_cnn_wide"):
         build_trunk("resnet9", (1, 28, 28), 0.3, 0.4)
     with pytest.raises(ValueError, match="image_shape"):
         build_trunk("small_cnn", (28, 28), 0.3, 0.4)

@@ -1,11 +1,13 @@
 """Embedding / projection heads put on a trunk's features."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .small_cnn import _positive_int
 
-HEADS = ("identity", "linear", "mlp")
+HEADS = ("identity", "linear", "mlp", "norm_linear_norm", "linear_norm")
 INITS = ("default", "orthogonal")
 
 
@@ -21,6 +23,21 @@ class LinearHead(nn.Linear):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(in_dim, out_dim)
         self.in_dim, self.out_dim = in_dim, out_dim
+
+
+class NormLinearNorm(nn.Linear):
+    """InsCLR's heads (METHODS.md 2.1): `norm_linear_norm` = L2-normalise, Linear without bias, L2-normalise
+    (GLDv2, 2048 -> 2048); `linear_norm` = Linear with bias, then L2-normalise (INSTRE, 2048 -> 256).
+    The output is unit-norm, so similarity is the dot product. Keys are nn.Linear's (weight[, bias])."""
+
+    def __init__(self, in_dim: int, out_dim: int, normalize_input: bool = True):
+        super().__init__(in_dim, out_dim, bias=not normalize_input)
+        self.in_dim, self.out_dim, self.normalize_input = in_dim, out_dim, normalize_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize_input:
+            x = F.normalize(x, dim=1)
+        return F.normalize(super().forward(x), dim=1)
 
 
 class MLPHead(nn.Sequential):
@@ -39,7 +56,9 @@ def make_head(kind: str, in_dim: int, out_dim: int = 128, *, hidden: int | None 
               init: str = "default") -> nn.Module:
     """A head (B, in_dim) -> (B, out_dim), with attribute `out_dim`.
 
-    kind: "identity" (out_dim is ignored and equals in_dim), "linear", "mlp" (hidden defaults to in_dim).
+    kind: "identity" (out_dim is ignored and equals in_dim), "linear", "mlp" (hidden defaults to in_dim),
+    "norm_linear_norm" / "linear_norm" (InsCLR's, unit-norm output).
+    STML's f and g are two "linear" heads with init="orthogonal" on the GAP+GMP features.
     init: "default" (PyTorch's) or "orthogonal" (orthogonal Linear weights, zero biases: STML's heads).
     """
     if kind not in HEADS:
@@ -52,10 +71,12 @@ def make_head(kind: str, in_dim: int, out_dim: int = 128, *, hidden: int | None 
             raise ValueError(f"hidden is only used by the 'mlp' head, got hidden={hidden!r} with 'identity'")
         return IdentityHead(in_dim)
     _positive_int(out_dim, "out_dim")
+    if kind != "mlp" and hidden is not None:
+        raise ValueError(f"hidden is only used by the 'mlp' head, got hidden={hidden!r} with {kind!r}")
     if kind == "linear":
-        if hidden is not None:
-            raise ValueError(f"hidden is only used by the 'mlp' head, got hidden={hidden!r} with 'linear'")
         head: nn.Module = LinearHead(in_dim, out_dim)
+    elif kind in ("norm_linear_norm", "linear_norm"):
+        head = NormLinearNorm(in_dim, out_dim, normalize_input=kind == "norm_linear_norm")
     else:
         head = MLPHead(in_dim, out_dim, in_dim if hidden is None else _positive_int(hidden, "hidden"))
     if init == "orthogonal":
