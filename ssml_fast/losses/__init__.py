@@ -26,3 +26,16 @@ __all__ += [
     "RelaxedContrastiveLoss", "SelfDistillationKL", "SelfSupervisedLoss", "SmoothAPLoss", "SpreadingLoss", "STMLLoss",
     "relative_distance",
 ]
+
+# Issue 12, proxy / classification family.
+from .arcface_loss import ArcFaceLoss
+from .center_loss import CenterLoss
+from .cosface_loss import CosFaceLoss
+from .large_margin_softmax_loss import LargeMarginSoftmaxLoss
+from .normalized_softmax_loss import NormalizedSoftmaxLoss
+from .soft_triple_loss import SoftTripleLoss
+from .sphereface_loss import SphereFaceLoss
+from .subcenter_arcface_loss import SubCenterArcFaceLoss
+
+__all__ += ["ArcFaceLoss", "CenterLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss", "NormalizedSoftmaxLoss",
+            "SoftTripleLoss", "SphereFaceLoss", "SubCenterArcFaceLoss"]

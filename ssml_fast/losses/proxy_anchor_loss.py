@@ -28,9 +28,12 @@ class ProxyAnchorLoss(ProxyLoss):
                  embedding_regularizer=None, embedding_reg_weight: float = 1.0):
         super().__init__(num_classes, embedding_size, distance, reducer, embedding_regularizer,
                          embedding_reg_weight, weight_regularizer, weight_reg_weight)
-        torch.nn.init.kaiming_normal_(self.proxies, mode="fan_out")
         self.margin = _pairs.check_real("margin", margin)
         self.alpha = _pairs.check_positive("alpha", alpha)
+
+    @staticmethod
+    def default_weight_init(w):
+        torch.nn.init.kaiming_normal_(w, mode="fan_out")  # PML's default weight_init_func here
 
     def default_distance(self):
         return _distances.CosineSimilarity()

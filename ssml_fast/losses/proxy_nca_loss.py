@@ -23,7 +23,7 @@ class ProxyNCALoss(ProxyLoss):
     With an indices_tuple each sample's loss is weighted by how often it occurs as an anchor, count / max
     count (PML's convert_to_weights with a reference set: only anchors index the embeddings); the mean
     runs over the samples whose softmax probability is not 0 (PML drops those, whose loss is inf).
-    Proxies are initialised N(0, 1) (PML's default). Labels must be class ids in [0, num_classes).
+    Proxies are initialised N(0, 1) (PML's default, ProxyLoss.default_weight_init). Labels must be class ids in [0, num_classes).
     Call: loss(embeddings (B, embedding_size), labels (B,), indices_tuple=None).
     """
 
@@ -33,7 +33,6 @@ class ProxyNCALoss(ProxyLoss):
         super().__init__(num_classes, embedding_size, distance, reducer, embedding_regularizer,
                          embedding_reg_weight, weight_regularizer, weight_reg_weight,
                          distance_strings=_DISTANCE_STRINGS)
-        torch.nn.init.normal_(self.proxies)
         self.softmax_scale = _pairs.check_positive("softmax_scale", softmax_scale)
         self.exclude_positive = bool(exclude_positive)
 
