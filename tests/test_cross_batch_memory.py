@@ -106,7 +106,8 @@ def batches(steps, b=6, dim=4, n_ids=14, seed=0):
                                                  ("cosine", "sum")])
 def test_triplet_equals_plain_loss_on_batch_plus_memory(mining, distance, reduction):
     margin = 0.5 if distance != "sqeuclidean" else 2.0
-    xbm = CrossBatchMemory(TripletMarginLoss(margin, mining=mining, distance=distance, reduction=reduction), memory_size=10)
+    xbm = CrossBatchMemory(TripletMarginLoss(margin, mining=mining, distance=distance, reduction=reduction), memory_size=10,
+                           reference_grad=True)
     plain = PlainMemory(10)
     for emb, labels, ids in batches(6):  # 36 rows through a 10-slot memory: wraps several times
         x = emb.clone().requires_grad_(True)
@@ -157,7 +158,7 @@ def test_without_ids_memory_is_used_whole():
 
 
 def test_generic_pair_loss_excludes_self_pairs():
-    xbm = CrossBatchMemory(ContrastiveLoss(reduction="sum", distance="euclidean"), memory_size=9)
+    xbm = CrossBatchMemory(ContrastiveLoss(reduction="sum", distance="euclidean"), memory_size=9, reference_grad=True)
     plain = PlainMemory(9)
     for step, (emb, labels, ids) in enumerate(batches(4, seed=3)):
         x = emb.clone().requires_grad_(True)
@@ -251,7 +252,7 @@ def test_matches_pml_cross_batch_memory(which, use_mask):
                            "ntxent": (L.NTXentLoss(0.3), pml_losses.NTXentLoss(0.3))}[which]
     miners = (M.MultiSimilarityMiner(0.2), pml_miners.MultiSimilarityMiner(0.2)) if which == "triplet_miner" \
         else (None, None)
-    ours = CrossBatchMemory(ours_loss, 4, memory_size=14, miner=miners[0], reference_grad=False)
+    ours = CrossBatchMemory(ours_loss, 4, memory_size=14, miner=miners[0])  # reference_grad=False: PML's, the default
     theirs = pml_losses.CrossBatchMemory(pml_loss, 4, memory_size=14, miner=miners[1])
     g = torch.Generator().manual_seed(3)
     for step in range(6):
@@ -276,3 +277,54 @@ def test_pml_call_shape_errors():
         xbm(emb, labels, (torch.tensor([0]), torch.tensor([1]), torch.tensor([2])), torch.ones(6, dtype=torch.bool))
     with pytest.raises(ValueError, match="memory_size"):
         xbm(torch.randn(9, 4), torch.zeros(9, dtype=torch.long))
+
+
+def test_reference_grad_default_detaches_the_batch_copy_as_pml():
+    """Default (PML, XBM paper): the batch's rows in the reference are constants, so the gradient is the
+    plain loss's with the reference detached; reference_grad=True adds the reference-side gradient."""
+    emb, labels, ids = next(batches(1, b=8, n_ids=8, seed=7))
+    loss = TripletMarginLoss(0.5, distance="euclidean")
+    for flag in (False, True):
+        xbm = CrossBatchMemory(TripletMarginLoss(0.5, distance="euclidean"), memory_size=16, reference_grad=flag)
+        x, y = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+        xbm(x, labels).backward()
+        loss(y, labels, None, y if flag else y.detach(), labels, ref_starts_with_batch=True).backward()
+        torch.testing.assert_close(x.grad, y.grad, atol=1e-12, rtol=0)
+    assert CrossBatchMemory(loss).reference_grad is False
+    with pytest.raises(TypeError, match="reference_grad"):
+        CrossBatchMemory(loss, reference_grad=1)
+
+
+def test_foreign_loss_gets_explicit_self_free_pairs():
+    """A loss that is not an ssml_fast MetricLoss (here PML's) gets the pairs as an indices_tuple: the same
+    numbers as PML's own CrossBatchMemory."""
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    ours = CrossBatchMemory(pml_losses.ContrastiveLoss(), 4, memory_size=14)
+    theirs = pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), 4, memory_size=14)
+    theirs.embedding_memory = theirs.embedding_memory.double()
+    g = torch.Generator().manual_seed(8)
+    for step in range(4):
+        emb = torch.randn(6, 4, generator=g, dtype=torch.float64)
+        labels = torch.randint(0, 3, (6,), generator=g)
+        torch.testing.assert_close(ours(emb, labels), theirs(emb, labels), msg=f"step {step}")
+
+
+def test_caller_tuple_is_merged_after_self_pair_removal():
+    """As PML: the self pairs leave the mined / all pairs, then the caller's tuple is appended as given (its
+    indices into the reference [batch; memory], so a self pair the caller lists stays)."""
+    from ssml_fast.losses import ContrastiveLoss
+
+    loss = ContrastiveLoss()
+    xbm = CrossBatchMemory(ContrastiveLoss(), memory_size=14)
+    plain = PlainMemory(14)
+    for step, (emb, labels, ids) in enumerate(batches(4, seed=9)):
+        extra = (torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([3]), torch.tensor([4]))
+        ref, ref_labels = plain.reference(emb, labels, ids)
+        pos = [(i, j) for i in range(len(emb)) for j in range(len(ref)) if ref_labels[j] == labels[i] and j != i]
+        neg = [(i, j) for i in range(len(emb)) for j in range(len(ref)) if ref_labels[j] != labels[i]]
+        a1, p = (torch.tensor(c, dtype=torch.long) for c in zip(*pos))
+        a2, n = (torch.tensor(c, dtype=torch.long) for c in zip(*neg))
+        tup = (torch.cat([a1, extra[0]]), torch.cat([p, extra[1]]), torch.cat([a2, extra[2]]), torch.cat([n, extra[3]]))
+        torch.testing.assert_close(xbm(emb, labels, extra, ids=ids), loss(emb, labels, tup, ref, ref_labels),
+                                   msg=f"step {step}")
+        plain.enqueue(emb, labels, ids)

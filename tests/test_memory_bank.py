@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 import ssml_fast
-from ssml_fast.memory import MemoryBank, _topk
+from ssml_fast.memory import MemoryBank
+from ssml_fast.neighbors import gemm as _topk
 from ssml_fast.ops import bank_momentum_update_
 
 from conftest import requires_cuda

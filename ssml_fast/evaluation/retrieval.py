@@ -4,14 +4,11 @@ from __future__ import annotations
 import warnings
 from typing import Dict, Mapping, Optional, Sequence, Union
 
-import faiss
 import numpy as np
 import torch
-from sklearn.metrics import normalized_mutual_info_score
 
-from ..ops._checks import check_int
-from ._inputs import as_float_array, as_labels, common_scale, to_float32
-from .knn import check_metric, iter_knn_chunks, prepare, resolve_gpu
+from .._validation import check_int
+from ..neighbors import as_float_array, as_labels, check_metric, common_scale, iter_knn_chunks, prepare, resolve_gpu, to_float32
 
 
 def retrieval_metrics(
@@ -166,6 +163,10 @@ def _ranking_sums(chunks, q_labels, g_labels, r, ks, search_k):
 
 
 def _nmi(x: np.ndarray, labels: np.ndarray, seed: int, n_init: int, niter: int, gpu: bool) -> float:
+    # Imported here: scikit-learn and faiss take about a second to load, and only NMI needs them.
+    import faiss
+    from sklearn.metrics import normalized_mutual_info_score
+
     n_clusters = int(np.unique(labels).size)
     if n_clusters == 1:
         return float(normalized_mutual_info_score(labels, np.zeros_like(labels)))

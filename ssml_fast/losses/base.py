@@ -4,20 +4,52 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import _validation
 from .. import distances as _distances
 from .. import reducers as _reducers
-from ..ops import _checks
 from . import _pairs
 
 
+def remove_self_pairs(indices_tuple):
+    """Drop the pairs / triplets whose positive is the anchor itself (reference row == anchor row), for a
+    reference whose first B rows are the batch (PML's remove_self_comparisons for the current batch)."""
+    if len(indices_tuple) == 3:
+        a, p, n = indices_tuple
+        keep = a != p
+        return a[keep], p[keep], n[keep]
+    if len(indices_tuple) == 4:
+        a1, p, a2, n = indices_tuple
+        keep = a1 != p
+        return a1[keep], p[keep], a2, n
+    raise ValueError(f"indices_tuple must hold 3 (triplets) or 4 (pairs) tensors, got {len(indices_tuple)}")
+
+
+def all_pairs_excluding_self(labels: torch.Tensor, ref_labels: torch.Tensor):
+    """(a1, p, a2, n) over a reference whose first B rows are the batch: every positive pair except the self
+    pairs (i, i), every negative pair (PML's get_all_pairs_indices then remove_self_comparisons)."""
+    same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+    pos = same.clone()
+    pos[:, : labels.shape[0]].fill_diagonal_(False)
+    a1, p = pos.nonzero(as_tuple=True)
+    a2, n = (~same).nonzero(as_tuple=True)
+    return a1, p, a2, n
+
+
 class MetricLoss(nn.Module):
-    """`loss(embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None)`.
+    """`loss(embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None, *,
+    ref_starts_with_batch=False)`.
 
     embeddings: (B, D) float; labels: (B,) int. ref_emb (R, D) / ref_labels (R,): compare the batch
     against this reference set (cross-batch memory) instead of itself; `ref_emb is embeddings` (or None)
     means the batch itself, and then a sample is never paired with itself. indices_tuple: mined pairs
     (a1, p, a2, n) or triplets (a, p, n), as PML miners return them; validated here for every loss
     (1-D integer tensors, anchors in [0, B), positives / negatives in [0, R)).
+    ref_starts_with_batch (ours): rows [0, B) of ref_emb are the batch itself (a cross-batch memory's
+      reference [batch; memory]), so reference row i is anchor i: the self pairs (i, i) are removed from
+      the indices_tuple, and without one the loss runs `compute_loss_ref_starts_with_batch`, by default
+      over every pair of the reference except the self pairs (PML's CrossBatchMemory convention); a loss
+      with a fused form of it (TripletMarginLoss: the op's diagonal exclusion) overrides that method.
+      This is how CrossBatchMemory works with any loss.
 
     PML's loss arguments, accepted by every subclass that takes them:
       distance: a distance object (ssml_fast.distances or PML's own) or one of our strings;
@@ -63,30 +95,43 @@ class MetricLoss(nn.Module):
         """"mean_nonzero" / "mean" / "sum" when the reducer is one the fused paths implement."""
         return _reducers.kind(self.reducer)
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
-        _checks.check_embeddings("embeddings", embeddings)
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None, *,
+                ref_starts_with_batch: bool = False):
+        _validation.check_embeddings("embeddings", embeddings)
         if ref_emb is not None and ref_emb is not embeddings and not self.supports_ref_emb:
             raise ValueError(self._no_ref_emb_message())
-        needs_ref_labels = self.requires_labels and indices_tuple is None
-        ref_emb, ref_labels = _checks.resolve_reference(embeddings, labels, ref_emb, ref_labels, needs_ref_labels)
+        if not isinstance(ref_starts_with_batch, bool):
+            raise TypeError(f"ref_starts_with_batch must be a bool, got {type(ref_starts_with_batch).__name__}")
+        if ref_starts_with_batch and (ref_emb is None or ref_emb is embeddings):
+            ref_starts_with_batch = False  # the batch is the whole reference: the usual self-reference case
+        needs_ref_labels = (self.requires_labels or ref_starts_with_batch) and indices_tuple is None
+        ref_emb, ref_labels = _validation.resolve_reference(embeddings, labels, ref_emb, ref_labels,
+                                                            needs_ref_labels)
         B = embeddings.shape[0]
         R = B if ref_emb is None else ref_emb.shape[0]
+        if ref_starts_with_batch and R < B:
+            raise ValueError(f"ref_starts_with_batch=True but ref_emb has {R} rows, fewer than the batch's {B}")
         if labels is not None:
-            labels = _checks.check_labels("labels", labels, B, embeddings.device)
-        elif self.requires_labels and indices_tuple is None:
+            labels = _validation.check_labels("labels", labels, B, embeddings.device)
+        elif (self.requires_labels or ref_starts_with_batch) and indices_tuple is None:
             raise ValueError(f"{type(self).__name__} needs labels (or an indices_tuple)")
         if indices_tuple is not None:
             indices_tuple = _pairs.check_indices_tuple(indices_tuple, B, R, embeddings.device)
+            if ref_starts_with_batch:
+                indices_tuple = remove_self_pairs(indices_tuple)
         if B == 0 or R == 0:
             return self.empty_loss(embeddings, ref_emb)
         with _pairs.autocast_off(embeddings):
-            out = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            if ref_starts_with_batch and indices_tuple is None:
+                out = self.compute_loss_ref_starts_with_batch(embeddings, labels, ref_emb, ref_labels)
+            else:
+                out = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
             if self.embedding_regularizer is not None:
                 out = self._add_regularization(out, embeddings)
         return out
 
     def _add_regularization(self, out, embeddings):
-        reg = self.embedding_regularizer(embeddings.to(_checks.compute_dtype(embeddings))) * self.embedding_reg_weight
+        reg = self.embedding_regularizer(embeddings.to(_validation.compute_dtype(embeddings))) * self.embedding_reg_weight
         if isinstance(out, dict):  # DoNothingReducer: the unreduced loss_dict, as PML returns it
             out["embedding_reg_loss"] = {"losses": reg, "indices": None, "reduction_type": "already_reduced"}
             return out
@@ -121,3 +166,11 @@ class MetricLoss(nn.Module):
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> torch.Tensor:
         raise NotImplementedError
+
+    def compute_loss_ref_starts_with_batch(self, embeddings, labels, ref_emb, ref_labels) -> torch.Tensor:
+        """The loss against a reference whose first B rows are the batch, without an indices_tuple: by default
+        every pair over the reference except the self pairs (PML's CrossBatchMemory convention). Overridden
+        by losses with a fused form (the same value, without materialising the B x R pair list)."""
+        indices = all_pairs_excluding_self(labels, ref_labels)
+        indices = _pairs.check_indices_tuple(indices, embeddings.shape[0], ref_emb.shape[0], embeddings.device)
+        return self.compute_loss(embeddings, labels, indices, ref_emb, ref_labels)

@@ -93,17 +93,28 @@ class TripletMarginLoss(MetricLoss):
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         cfg = self._fused_config() if indices_tuple is None else None
         if cfg is not None:
-            metric, normalize, reduction = cfg
-            x, r = embeddings, ref_emb
-            if normalize:
-                x = F.normalize(x.to(_checks.compute_dtype(x)), dim=1)
-                r = None if r is None else F.normalize(r.to(x.dtype), dim=1)
-            out = ops.triplet_margin_loss(x, labels, self.margin, self.mining, metric, reduction,
-                                          ref_emb=r, ref_labels=ref_labels, soft=self.smooth_loss,
-                                          return_stats=True)
-            self.num_active, self.num_triplets = out.num_active, out.num_triplets
-            return out.loss
+            return self._fused(cfg, embeddings, labels, ref_emb, ref_labels)
         return self._general(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def compute_loss_ref_starts_with_batch(self, embeddings, labels, ref_emb, ref_labels):
+        # The fused op's diagonal exclusion: batch-all / hard / semihard mining over the whole reference minus
+        # the self pairs, exactly as on a plain batch (no B x R pair list).
+        cfg = self._fused_config()
+        if cfg is None:
+            return super().compute_loss_ref_starts_with_batch(embeddings, labels, ref_emb, ref_labels)
+        return self._fused(cfg, embeddings, labels, ref_emb, ref_labels, ref_starts_with_batch=True)
+
+    def _fused(self, cfg, embeddings, labels, ref_emb, ref_labels, ref_starts_with_batch=False):
+        metric, normalize, reduction = cfg
+        x, r = embeddings, ref_emb
+        if normalize:
+            x = F.normalize(x.to(_checks.compute_dtype(x)), dim=1)
+            r = None if r is None else F.normalize(r.to(x.dtype), dim=1)
+        out = ops.triplet_margin_loss(x, labels, self.margin, self.mining, metric, reduction,
+                                      ref_emb=r, ref_labels=ref_labels, soft=self.smooth_loss,
+                                      return_stats=True, ref_starts_with_batch=ref_starts_with_batch)
+        self.num_active, self.num_triplets = out.num_active, out.num_triplets
+        return out.loss
 
     def _general(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         B = embeddings.shape[0]

@@ -9,68 +9,20 @@ embedding (each sample appears once in the reference). The batch is enqueued aft
 memory never holds the current step's rows. Two rows of the batch sharing an id (two views of one
 image) are distinct rows and do pair with each other.
 
-The loss then sees the diagonal-excluded reference as follows:
-- TripletMarginLoss (no miner, a configuration with a fused form): the fused op with its
-  `exclude_diagonal` flag; batch-all / hard / semihard mining run over the whole reference, exactly as on
-  a plain batch.
-- With a `miner`: it mines (embeddings, labels, ref_emb, ref_labels); pairs / triplets whose positive is
-  the anchor itself are dropped before the loss sees them.
-- Any other loss: all pairs (a1, p, a2, n) over the reference minus the self pairs, PML's convention.
+The exclusion itself is the loss base class's (`MetricLoss(..., ref_starts_with_batch=True)`): without a
+miner every pair of the reference but the self pairs (PML's convention; TripletMarginLoss runs its fused op
+with the diagonal excluded instead), with a miner its tuple minus the self pairs. A loss that is not an
+ssml_fast MetricLoss (e.g. one of PML's) gets the same pairs as an explicit indices_tuple.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
-from ..losses import TripletMarginLoss, _pairs
-from ..ops import _checks
-from .queue import FeatureQueue, check_size
-
-
-def remove_self_pairs(indices_tuple):
-    """Drop the pairs / triplets whose positive is the anchor itself (reference row == anchor row)."""
-    if len(indices_tuple) == 3:
-        a, p, n = indices_tuple
-        keep = a != p
-        return a[keep], p[keep], n[keep]
-    if len(indices_tuple) == 4:
-        a1, p, a2, n = indices_tuple
-        keep = a1 != p
-        return a1[keep], p[keep], a2, n
-    raise ValueError(f"indices_tuple must hold 3 (triplets) or 4 (pairs) tensors, got {len(indices_tuple)}")
-
-
-def all_pairs_without_self(labels: torch.Tensor, ref_labels: torch.Tensor):
-    """(a1, p, a2, n): every positive pair except (i, i), every negative pair."""
-    same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
-    pos = same.clone()
-    pos.diagonal().fill_(False)  # the batch is the first block of the reference
-    a1, p = pos.nonzero(as_tuple=True)
-    a2, n = (~same).nonzero(as_tuple=True)
-    return a1, p, a2, n
-
-
-def triplet_excluding_diagonal(loss: TripletMarginLoss, emb, labels, ref_emb, ref_labels):
-    """TripletMarginLoss over a reference whose first rows are the batch, through the fused op's
-    exclude_diagonal; None when the loss's configuration has no fused form (then the caller passes all
-    pairs without the self pairs, PML's way)."""
-    cfg = loss._fused_config()
-    if cfg is None:
-        return None
-    metric, normalize, reduction = cfg
-    if normalize:
-        emb = F.normalize(emb.to(_checks.compute_dtype(emb)), dim=1)
-        ref_emb = F.normalize(ref_emb.to(emb.dtype), dim=1)
-    dist = ops.pairwise_distance(emb, ref_emb, metric)
-    value, active, total, _ = torch.ops.ssml_fast.triplet_margin_loss_from_dist(
-        dist, labels, ref_labels, True, loss.margin, loss.mining, reduction, loss.smooth_loss
-    )
-    loss.num_active, loss.num_triplets = active, total
-    if loss.embedding_regularizer is not None:
-        value = loss._add_regularization(value, emb)
-    return value
+from .. import _validation
+from ..losses import _pairs
+from ..losses.base import MetricLoss, all_pairs_excluding_self, remove_self_pairs
+from .queue import FeatureQueue
 
 
 def _concat(t1, t2, labels):
@@ -104,26 +56,30 @@ class CrossBatchMemory(nn.Module):
     first batch's dtype, float32 when allocated at construction).
     miner: optional callable `miner(embeddings, labels, ref_emb, ref_labels)` returning PML-style indices.
     See the module docstring for how self pairs are excluded. Gradients flow through the batch as
-    anchors, and (reference_grad=True, ours, the default) also as references; memory entries are
-    constants. reference_grad=False detaches the batch's copy in the reference, as PML and the XBM paper
-    do (the batch is enqueued first and read back from the detached memory): then values and gradients
-    are PML's exactly.
+    anchors; memory entries are constants.
+    reference_grad: False (the default) detaches the batch's copy in the reference, as PML (which writes the
+      batch into its memory with `.detach()` before the loss reads the memory back) and the XBM paper (whose
+      memory features are constants) do: values and gradients are then PML's exactly, so a PML user who swaps
+      the import trains the same model. True (ours) also lets the gradient flow through the batch as
+      references, which makes the loss equal to the plain loss on [batch; memory] with the memory detached.
     """
 
     def __init__(self, loss: nn.Module, embedding_size: int | None = None, memory_size: int = 1024, miner=None,
-                 *, reference_grad: bool = True, dtype: torch.dtype | None = None, device=None):
+                 *, reference_grad: bool = False, dtype: torch.dtype | None = None, device=None):
         super().__init__()
         if not callable(loss):
             raise TypeError(f"loss must be a callable loss module, got {type(loss).__name__}")
         self.loss = loss
-        self.memory_size = check_size("memory_size", memory_size)
+        self.memory_size = _validation.check_size("memory_size", memory_size)
         self.miner = miner
-        self.reference_grad = bool(reference_grad)
+        if not isinstance(reference_grad, bool):
+            raise TypeError(f"reference_grad must be a bool, got {type(reference_grad).__name__}")
+        self.reference_grad = reference_grad
         self.dtype = dtype
         self.register_module("queue", None)
         self.embedding_size = None
         if embedding_size is not None:
-            self.embedding_size = check_size("embedding_size", embedding_size)
+            self.embedding_size = _validation.check_size("embedding_size", embedding_size)
             self.queue = FeatureQueue(self.memory_size, self.embedding_size, dtype=dtype or torch.float32,
                                       device=device)
 
@@ -153,17 +109,17 @@ class CrossBatchMemory(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None, enqueue_mask=None, *,
                 ids: torch.Tensor | None = None):
-        _checks.check_embeddings("embeddings", embeddings)
+        _validation.check_embeddings("embeddings", embeddings)
         n = embeddings.shape[0]
-        labels = _checks.check_labels("labels", labels, n, embeddings.device)
+        labels = _validation.check_labels("labels", labels, n, embeddings.device)
         if isinstance(indices_tuple, torch.Tensor):
             raise TypeError("indices_tuple must be a tuple of index tensors; pass sample ids as ids=")
         if indices_tuple is not None and enqueue_mask is not None:
             raise ValueError("indices_tuple and enqueue_mask are mutually exclusive")
         if ids is not None:
-            ids = _checks.check_labels("ids", ids, n, embeddings.device)
+            ids = _validation.check_labels("ids", ids, n, embeddings.device)
         if enqueue_mask is not None:
-            _checks.check_tensor("enqueue_mask", enqueue_mask)
+            _validation.check_tensor("enqueue_mask", enqueue_mask)
             if enqueue_mask.dtype != torch.bool or enqueue_mask.shape != (n,):
                 raise ValueError(f"enqueue_mask must be a bool tensor of shape ({n},), got {enqueue_mask.dtype} "
                                  f"{tuple(enqueue_mask.shape)}")
@@ -199,17 +155,16 @@ class CrossBatchMemory(nn.Module):
 
     def _self_reference_loss(self, embeddings, labels, ids, indices_tuple):
         ref_emb, ref_labels = self.reference(embeddings, labels, ids)
-        if self.miner is not None:
-            indices = remove_self_pairs(self.miner(embeddings, labels, ref_emb, ref_labels))
-        else:
-            if indices_tuple is None and isinstance(self.loss, TripletMarginLoss):
-                value = triplet_excluding_diagonal(self.loss, embeddings, labels, ref_emb, ref_labels)
-                if value is not None:
-                    return value
-            indices = all_pairs_without_self(labels, ref_labels)
+        mined = None if self.miner is None else self.miner(embeddings, labels, ref_emb, ref_labels)
+        if indices_tuple is None and isinstance(self.loss, MetricLoss):
+            # The loss removes the self pairs (from the mined tuple, or from every pair of the reference).
+            return self.loss(embeddings, labels, mined, ref_emb, ref_labels, ref_starts_with_batch=True)
+        # PML's order: the self pairs leave the mined (or all) pairs, then the caller's tuple is merged as given.
+        indices = remove_self_pairs(mined) if mined is not None else all_pairs_excluding_self(labels, ref_labels)
         if indices_tuple is not None:
             indices = _concat(indices, indices_tuple, labels)
         return self.loss(embeddings, labels, indices, ref_emb, ref_labels)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A memory created lazily (dim=None) is materialised from the checkpoint before its buffers load.
         key = prefix + "queue.embeddings"

@@ -5,25 +5,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..ops import _checks
-from ._topk import inner_product_topk
+from .. import _validation
+from .._validation import check_size  # noqa: F401  (re-exported: cross_batch and older imports)
+from ..distributed import active_world
+from ..neighbors import inner_product_topk
 
 MISSING = -1  # label / id stored for entries enqueued without one
 
 
-def check_size(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
 def distributed_world(group) -> int:
-    """World size of `group` when torch.distributed is initialised, else 1."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(group)
+    """World size an enqueue must gather over: 1 when torch.distributed is not initialised, and inside
+    `ssml_fast.distributed.gathered()` (the rows are already every rank's, e.g. in DistributedLossWrapper)."""
+    return active_world(group)
 
 
 def all_gather_rows(rows: torch.Tensor, group=None) -> torch.Tensor:
@@ -57,8 +50,7 @@ class FeatureQueue(nn.Module):
     def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32, device=None,
                  gather: bool = True, process_group=None):
         super().__init__()
-        check_size("size", size)
-        check_size("dim", dim)
+        size, dim = check_size("size", size), check_size("dim", dim)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.register_buffer("embeddings", torch.zeros((size, dim), dtype=dtype, device=device))
@@ -86,7 +78,7 @@ class FeatureQueue(nn.Module):
 
     def enqueue(self, emb: torch.Tensor, labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> None:
         """Append emb (N, dim) with optional labels (N,) and sample ids (N,) (int); N may be 0 or > size."""
-        _checks.check_embeddings("emb", emb)
+        _validation.check_embeddings("emb", emb)
         if emb.shape[1] != self.dim:
             raise ValueError(f"emb has dimension {emb.shape[1]} but the queue holds {self.dim}")
         device = self.embeddings.device
@@ -94,9 +86,9 @@ class FeatureQueue(nn.Module):
             raise ValueError(f"emb is on {emb.device} but the queue is on {device}")
         n = emb.shape[0]
         if labels is not None:
-            labels = _checks.check_labels("labels", labels, n, device)
+            labels = _validation.check_labels("labels", labels, n, device)
         if ids is not None:
-            ids = _checks.check_labels("ids", ids, n, device)
+            ids = _validation.check_labels("ids", ids, n, device)
         if labels is None or ids is None:
             missing = torch.full((n,), MISSING, dtype=torch.long, device=device)
             labels = missing if labels is None else labels
@@ -140,7 +132,7 @@ class FeatureQueue(nn.Module):
         Returns (scores (Q, k), ids (Q, k), labels (Q, k)). Excluded entries appear (score -inf) only if k
         exceeds what is left.
         """
-        _checks.check_embeddings("query", query)
+        _validation.check_embeddings("query", query)
         if query.shape[1] != self.dim:
             raise ValueError(f"query has dimension {query.shape[1]} but the queue holds {self.dim}")
         if query.device != self.embeddings.device:
@@ -149,7 +141,7 @@ class FeatureQueue(nn.Module):
             raise ValueError(f"k must be an int in [1, {self.count}] (the queue's length), got {k!r}")
         emb, labels, ids = self.view()
         if exclude_ids is not None:
-            exclude_ids = _checks.check_labels("exclude_ids", exclude_ids, query.shape[0], query.device)
+            exclude_ids = _validation.check_labels("exclude_ids", exclude_ids, query.shape[0], query.device)
         scores, rows = inner_product_topk(query.to(emb.dtype), emb, k, exclude_ids, ids)
         return scores, ids[rows], labels[rows]
 

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from .._validation import as_label_array
+
 # Largest coordinates outside [2^-40, 2^40] are brought to scale before the float32 search: faiss squares
 # coordinates, and float32 squares overflow beyond ~1e19 (every distance inf, every neighbour tied) and
 # underflow below ~1e-19. Rankings are scale-invariant and a power of two is exact, so nothing else changes.
@@ -64,17 +66,5 @@ def as_embeddings(name: str, value) -> np.ndarray:
 
 
 def as_labels(name: str, value, n: int) -> np.ndarray:
-    """(n,) integer tensor/array/sequence -> int64 numpy array."""
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integers, got {value.dtype}")
-        arr = value.detach().cpu().numpy()
-    else:
-        arr = np.asarray(value)
-        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"{name} must hold integers, got {arr.dtype}")
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
-    if arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} entries but the embeddings have {n} rows")
-    return arr.astype(np.int64, copy=False)
+    """(n,) integer tensor/array/sequence -> int64 numpy array (the package's one rule, _validation)."""
+    return as_label_array(name, value, n)

@@ -1,4 +1,7 @@
-"""Exact k-nearest-neighbour search through faiss (flat indexes, no approximation).
+"""Exact k-nearest-neighbour search through faiss (flat indexes, no approximation) for data on the host.
+
+faiss is imported on first use, so the modules that merely import this one (samplers, evaluation) do not
+load it.
 
 The queries are searched in chunks, so only `chunk_size x k` results are alive at a time: the full
 N x N distance matrix is never formed (faiss tiles the flat search internally), and callers that reduce
@@ -8,11 +11,10 @@ from __future__ import annotations
 
 from typing import Iterator, Optional, Tuple
 
-import faiss
 import numpy as np
 import torch
 
-from ..ops._checks import check_int
+from .._validation import check_choice, check_int
 from ._inputs import as_float_array, common_scale, to_float32
 
 METRICS = ("euclidean", "cosine", "inner_product")
@@ -23,15 +25,20 @@ _GPU_MAX_K = 2048
 _CHUNK_ELEMENTS = 1 << 22
 
 
+def _faiss():
+    import faiss  # deferred: a few hundred ms and not needed until a search runs
+
+    return faiss
+
+
 def gpu_available() -> bool:
     """True when the installed faiss has GPU support and sees at least one GPU."""
+    faiss = _faiss()
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 def check_metric(metric) -> str:
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}; got {metric!r}")
-    return metric
+    return check_choice("metric", metric, METRICS)
 
 
 def prepare(emb: np.ndarray, metric: str) -> np.ndarray:
@@ -42,10 +49,11 @@ def prepare(emb: np.ndarray, metric: str) -> np.ndarray:
     return np.ascontiguousarray(emb / np.where(norms > 0, norms, 1.0), dtype=np.float32)
 
 
-class _FlatIndex:
+class FlatIndex:
     """A flat faiss index over `gallery`, on the GPU when asked and possible for this k."""
 
     def __init__(self, gallery: np.ndarray, metric: str, k: int, use_gpu: bool):
+        faiss = _faiss()
         d = gallery.shape[1]
         index = faiss.IndexFlatL2(d) if metric == "euclidean" else faiss.IndexFlatIP(d)
         self._res = None  # the GPU resources must outlive the GPU index
@@ -94,7 +102,7 @@ def iter_knn_chunks(
     q = prepare(query, metric)
     g = q if leave_one_out else prepare(gallery, metric)
     search_k = k + 1 if leave_one_out else k
-    index = _FlatIndex(g, metric, search_k, use_gpu)
+    index = FlatIndex(g, metric, search_k, use_gpu)
     step = default_chunk_size(search_k) if chunk_size is None else check_int("chunk_size", chunk_size)
     for start in range(0, q.shape[0], step):
         stop = min(start + step, q.shape[0])

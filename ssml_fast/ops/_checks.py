@@ -1,98 +1,21 @@
-"""Input validation shared by every op: one place that turns bad input into errors naming the argument."""
-from __future__ import annotations
-
-from typing import Iterable
-
-import numpy as np
-import torch
-
-
-def check_tensor(name: str, value) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    return value
-
-
-def check_embeddings(name: str, emb) -> torch.Tensor:
-    """A (N, D) floating tensor."""
-    check_tensor(name, emb)
-    if emb.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(emb.shape)}")
-    if not emb.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {emb.dtype}")
-    return emb
-
-
-def check_labels(name: str, labels, n: int, device: torch.device) -> torch.Tensor:
-    """A (n,) integer tensor on `device`; returned as int64."""
-    check_tensor(name, labels)
-    if labels.dim() != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {tuple(labels.shape)}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor (int32 or int64), got {labels.dtype}")
-    if labels.shape[0] != n:
-        raise ValueError(f"{name} has {labels.shape[0]} entries but the embeddings have {n} rows")
-    check_same_device(name, labels, device)
-    return labels.long()
-
-
-def check_same_device(name: str, t: torch.Tensor, device: torch.device) -> None:
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but the embeddings are on {device}")
-
-
-def check_same_dim(name: str, emb: torch.Tensor, ref: torch.Tensor) -> None:
-    if emb.shape[1] != ref.shape[1]:
-        raise ValueError(f"{name} has dimension {ref.shape[1]} but the embeddings have {emb.shape[1]}")
-
-
-def check_choice(name: str, value, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
-
-
-def check_int(name: str, value, low: int = 1) -> int:
-    """A Python or numpy integer (not a bool) >= low."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
-
-
-def check_nonnegative(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
-
-
-def compute_dtype(emb: torch.Tensor) -> torch.dtype:
-    """Half-precision inputs are computed (and accumulated) in float32."""
-    return emb.dtype if emb.dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def resolve_reference(emb: torch.Tensor, labels, ref_emb, ref_labels, labels_required: bool = True):
-    """The reference set of the PML call shape, validated: returns (ref_emb, ref_labels as int64).
-
-    (None, None) means the batch is its own reference (ref_emb None or `ref_emb is emb`); then a sample is
-    never paired with itself, and ref_labels may only be omitted or be `labels` itself. `labels` is the
-    caller's argument as given (before any conversion), so identity checks see the user's tensor.
-    """
-    if ref_emb is None or ref_emb is emb:
-        if ref_labels is not None and ref_labels is not labels:
-            if ref_emb is None:
-                raise ValueError("ref_labels was given without ref_emb")
-            raise ValueError("ref_emb is the embeddings themselves, so ref_labels must be omitted or be labels")
-        return None, None
-    check_embeddings("ref_emb", ref_emb)
-    check_same_dim("ref_emb", emb, ref_emb)
-    check_same_device("ref_emb", ref_emb, emb.device)
-    if ref_labels is None:
-        if labels_required:
-            raise ValueError("ref_labels is required when ref_emb is given")
-        return ref_emb, None
-    return ref_emb, check_labels("ref_labels", ref_labels, ref_emb.shape[0], emb.device)
+"""Re-export of ssml_fast._validation, the package's one validation module (kept so older imports work;
+new code imports `from .. import _validation`)."""
+from .._validation import (  # noqa: F401
+    REDUCTIONS,
+    as_label_array,
+    check_choice,
+    check_embeddings,
+    check_int,
+    check_labels,
+    check_nonnegative,
+    check_positive,
+    check_real,
+    check_same_device,
+    check_same_dim,
+    check_size,
+    check_tensor,
+    compute_dtype,
+    is_int,
+    is_real,
+    resolve_reference,
+)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from . import _checks
+from .. import _validation
 
 DISTANCES = ("euclidean", "sqeuclidean", "cosine")
 
@@ -24,6 +25,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, y, output)
 
 
+# The backward is not itself differentiable (the kernels' gradients carry no graph): a double backward raises
+# instead of silently returning zero second derivatives.
+@once_differentiable
 def _backward(ctx, grad):
     x, y, dist = ctx.saved_tensors
     gx, gy = torch.ops.ssml_fast.pairwise_distance_backward(grad, x, y, dist, ctx.metric)
@@ -45,13 +49,13 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, distance: 
     ~1e19, whose squared norms overflow) get their true distance, computed from the coordinates; only a
     true value beyond the dtype's range is inf. The GEMMs run in full float32 whatever the TF32 settings.
     """
-    _checks.check_embeddings("x", x)
-    _checks.check_choice("distance", distance, DISTANCES)
-    x_c = x.to(_checks.compute_dtype(x))
+    _validation.check_embeddings("x", x)
+    _validation.check_choice("distance", distance, DISTANCES)
+    x_c = x.to(_validation.compute_dtype(x))
     if y is None or y is x:
         # The same tensor twice: the op then returns an exactly zero diagonal.
         return torch.ops.ssml_fast.pairwise_distance(x_c, x_c, distance)
-    _checks.check_embeddings("y", y)
-    _checks.check_same_dim("y", x, y)
-    _checks.check_same_device("y", y, x.device)
+    _validation.check_embeddings("y", y)
+    _validation.check_same_dim("y", x, y)
+    _validation.check_same_device("y", y, x.device)
     return torch.ops.ssml_fast.pairwise_distance(x_c, y.to(x_c.dtype), distance)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
+from .. import _validation
 
 
 @torch.library.register_fake("ssml_fast::queue_enqueue_")
@@ -24,7 +24,7 @@ def _bank_momentum_update_fake(bank, ids, feats, momentum):
 
 
 def check_momentum(momentum) -> float:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+    if not _validation.is_real(momentum):
         raise TypeError(f"momentum must be a number, got {type(momentum).__name__}")
     if not 0 <= momentum < 1:  # also rejects NaN
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
@@ -35,12 +35,12 @@ def check_ids(name: str, ids, n: int, num_slots: int, device: torch.device) -> t
     """(n,) integer ids on `device`, returned as int64. The range [0, num_slots) is checked by the op itself
     on every device (the CPU kernel while it groups the ids, the CUDA one with a single device-side flag), so
     this wrapper reads no data and stays traceable (meta tensors, torch.compile)."""
-    return _checks.check_labels(name, ids, n, device)
+    return _validation.check_labels(name, ids, n, device)
 
 
 def _check_ring(i: str, buffer, rows, size: int | None = None, n: int | None = None) -> None:
-    _checks.check_tensor(f"buffer{i}", buffer)
-    _checks.check_tensor(f"rows{i}", rows)
+    _validation.check_tensor(f"buffer{i}", buffer)
+    _validation.check_tensor(f"rows{i}", rows)
     if buffer.dim() == 0 or buffer.shape[0] == 0:
         raise ValueError(f"buffer{i} must have at least one slot, got shape {tuple(buffer.shape)}")
     if not buffer.is_contiguous():
@@ -61,7 +61,7 @@ def _check_ring(i: str, buffer, rows, size: int | None = None, n: int | None = N
 
 
 def _check_ptr(ptr, size: int) -> None:
-    if isinstance(ptr, bool) or not isinstance(ptr, int) or not 0 <= ptr < size:
+    if not _validation.is_int(ptr) or not 0 <= ptr < size:
         raise ValueError(f"ptr must be an int in [0, {size}), got {ptr!r}")
 
 
@@ -108,14 +108,14 @@ def bank_momentum_update_(bank: torch.Tensor, ids: torch.Tensor, feats: torch.Te
     slot, as F.normalize would. feats may be a view of the bank (it is then read before any slot is written).
     Out-of-range ids raise ValueError on every device (on CUDA this reads one flag back to the host).
     """
-    _checks.check_tensor("bank", bank)
+    _validation.check_tensor("bank", bank)
     if bank.dim() != 2:
         raise ValueError(f"bank must be 2-D (N, D), got shape {tuple(bank.shape)}")
     if not bank.is_floating_point():
         raise TypeError(f"bank must be a floating tensor, got {bank.dtype}")
     if not bank.is_contiguous():
         raise ValueError("bank must be contiguous (it is written in place)")
-    _checks.check_embeddings("feats", feats)
+    _validation.check_embeddings("feats", feats)
     if feats.shape[1] != bank.shape[1]:
         raise ValueError(f"feats has dimension {feats.shape[1]} but the bank has {bank.shape[1]}")
     if feats.device != bank.device:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _checks
+from .. import _validation
 
 RERANK_MODES = ("reference",)
 
@@ -91,13 +91,14 @@ def kreciprocal_rerank(
     point synchronises once to check the indices. Results match the CPU op up to float rounding (the GEMM and
     exp may round differently on the device, which can also reorder near-equal neighbours).
     """
-    _checks.check_choice("mode", mode, RERANK_MODES)
-    k1 = _checks.check_int("k1", k1, 1)
-    k2 = _checks.check_int("k2", k2, 1)
+    _validation.check_choice("mode", mode, RERANK_MODES)
+    k1 = _validation.check_int("k1", k1, 1)
+    k2 = _validation.check_int("k2", k2, 1)
     if k2 > k1:
         raise ValueError(f"k2 must be <= k1, got k2={k2} > k1={k1}")
-    if isinstance(lambda_value, bool) or not isinstance(lambda_value, (int, float)):
+    if not _validation.is_real(lambda_value):
         raise TypeError(f"lambda_value must be a number, got {type(lambda_value).__name__}")
+    lambda_value = float(lambda_value)
     if not 0 <= lambda_value <= 1:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
 
@@ -108,15 +109,15 @@ def kreciprocal_rerank(
             if len(query) != 2:
                 raise ValueError(f"top-K lists must be a (distances, indices) pair, got {len(query)} items")
             distances, indices = query
-            _checks.check_embeddings("distances", distances)
-            _checks.check_tensor("indices", indices)
+            _validation.check_embeddings("distances", distances)
+            _validation.check_tensor("indices", indices)
             if indices.shape != distances.shape:
                 raise ValueError(f"indices has shape {tuple(indices.shape)} but distances has {tuple(distances.shape)}")
             if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
                 raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
-            _checks.check_same_device("indices", indices, distances.device)
+            _validation.check_same_device("indices", indices, distances.device)
             n, K = distances.shape
-            num_query = _checks.check_int("num_query", num_query, 0) if num_query is not None else None
+            num_query = _validation.check_int("num_query", num_query, 0) if num_query is not None else None
             if num_query is None:
                 raise ValueError("num_query (the number of query rows, which come first) is required with top-K lists")
             if num_query > n:
@@ -126,18 +127,18 @@ def kreciprocal_rerank(
             k1, k2 = _clamp_k(k1, k2, n)
             # The value rules (finite, >= 0, non-decreasing, each row listing itself, indices in range and
             # unique) are checked by the op in its own pass: no data is read here, so this stays traceable.
-            d = distances.to(_checks.compute_dtype(distances))
+            d = distances.to(_validation.compute_dtype(distances))
             return torch.ops.ssml_fast.kreciprocal_rerank_topk(
                 d, indices.long(), num_query, k1, k2, float(lambda_value))
 
         if num_query is not None:
             raise ValueError("num_query is only used with top-K lists; with features it is query.shape[0]")
-        _checks.check_embeddings("query", query)
+        _validation.check_embeddings("query", query)
         if gallery is None:
             raise ValueError("gallery features are required (or pass top-K lists as a (distances, indices) pair)")
-        _checks.check_embeddings("gallery", gallery)
-        _checks.check_same_dim("gallery", query, gallery)
-        _checks.check_same_device("gallery", gallery, query.device)
+        _validation.check_embeddings("gallery", gallery)
+        _validation.check_same_dim("gallery", query, gallery)
+        _validation.check_same_device("gallery", gallery, query.device)
         # NaN / inf are rejected by the op (with the scale check it makes anyway): nothing is read here.
         k1, k2 = _clamp_k(k1, k2, query.shape[0] + gallery.shape[0])
         dtype = torch.float64 if torch.float64 in (query.dtype, gallery.dtype) else torch.float32
@@ -171,30 +172,30 @@ def topk_neighbors(features: torch.Tensor, k: int, use_faiss: bool | None = None
     otherwise a blocked torch GEMM + topk on the features' device (memory: one 4096 x N tile at a time).
     Exactly tied distances may come in either order here (faiss and torch.topk do not promise one).
     """
-    _checks.check_embeddings("features", features)
+    _validation.check_embeddings("features", features)
     n = features.shape[0]
-    k = _checks.check_int("k", k, 1)
+    k = _validation.check_int("k", k, 1)
     if k > n:
         raise ValueError(f"k must be <= N = {n}, got {k}")
     _check_finite("features", features)
     if use_faiss is None:
-        try:
-            import faiss  # noqa: F401
-            use_faiss = n >= 20_000
-        except ImportError:
-            use_faiss = False
+        use_faiss = n >= 20_000
+        if use_faiss:
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                use_faiss = False
     with torch.no_grad():
         if use_faiss:
-            import faiss
             import numpy as np
 
+            from ..neighbors import FlatIndex
+
             x = np.ascontiguousarray(features.detach().float().cpu().numpy())
-            index = faiss.IndexFlatL2(x.shape[1])
-            index.add(x)
-            dist, idx = index.search(x, k)
+            dist, idx = FlatIndex(x, "euclidean", k, use_gpu=False).search(x, k)  # squared distances
             dist, idx = _self_first(np.maximum(dist, 0), idx)
             return torch.from_numpy(dist).to(features.device), torch.from_numpy(idx).to(features.device)
-        x = features.detach().to(_checks.compute_dtype(features))
+        x = features.detach().to(_validation.compute_dtype(features))
         sq = (x * x).sum(1)
         out_d, out_i = [], []
         for b in range(0, n, 4096):

@@ -4,12 +4,13 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
-from . import _checks
+from .. import _validation
 from .distance import DISTANCES, pairwise_distance
 
 MININGS = ("all", "hard", "semihard")
-REDUCTIONS = ("mean_nonzero", "mean", "sum")
+REDUCTIONS = _validation.REDUCTIONS
 
 
 class TripletLoss(NamedTuple):
@@ -31,6 +32,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[3])
 
 
+# The backward is not itself differentiable (the kernels' gradients carry no graph): a double backward raises
+# instead of silently returning zero second derivatives.
+@once_differentiable
 def _backward(ctx, grad_loss, _grad_active, _grad_triplets, _grad_dloss):
     (dloss_ddist,) = ctx.saved_tensors
     return grad_loss * dloss_ddist, None, None, None, None, None, None, None
@@ -52,6 +56,7 @@ def triplet_margin_loss(
     ref_labels: torch.Tensor | None = None,
     soft: bool = False,
     return_stats: bool = False,
+    ref_starts_with_batch: bool = False,
 ):
     """Triplet margin loss max(0, d(a, p) - d(a, n) + margin), mined and reduced in one pass.
 
@@ -66,6 +71,8 @@ def triplet_margin_loss(
     triplets with loss > 0), "mean" (over all valid triplets), "sum".
     soft: softplus(d_ap - d_an + margin) instead of the hinge ("hard"/"semihard"; margin=0 gives the
     soft-margin loss of Hermans et al.).
+    ref_starts_with_batch: rows [0, B) of ref_emb are the batch itself (a cross-batch memory's [batch; memory]):
+    reference row i is never anchor i's positive, as in the self-reference case.
 
     Returns the 0-d loss (float32 for half-precision inputs and inside torch.autocast), or
     TripletLoss(loss, num_active, num_triplets) with return_stats=True. A batch without any valid triplet
@@ -73,22 +80,27 @@ def triplet_margin_loss(
     makes the loss NaN, and that anchor's gradient entries NaN, whatever the mining: a diverged model is not
     hidden by comparisons that skip NaN.
     """
-    _checks.check_embeddings("emb", emb)
-    ref_emb, ref_labels = _checks.resolve_reference(emb, labels, ref_emb, ref_labels)
-    labels = _checks.check_labels("labels", labels, emb.shape[0], emb.device)
-    margin = _checks.check_nonnegative("margin", margin)
-    _checks.check_choice("mining", mining, MININGS)
-    _checks.check_choice("distance", distance, DISTANCES)
-    _checks.check_choice("reduction", reduction, REDUCTIONS)
+    _validation.check_embeddings("emb", emb)
+    ref_emb, ref_labels = _validation.resolve_reference(emb, labels, ref_emb, ref_labels)
+    labels = _validation.check_labels("labels", labels, emb.shape[0], emb.device)
+    margin = _validation.check_nonnegative("margin", margin)
+    _validation.check_choice("mining", mining, MININGS)
+    _validation.check_choice("distance", distance, DISTANCES)
+    _validation.check_choice("reduction", reduction, REDUCTIONS)
     if soft and mining == "all":
         raise ValueError("soft=True is supported for mining='hard' and 'semihard', not 'all'")
 
+    if not isinstance(ref_starts_with_batch, bool):
+        raise TypeError(f"ref_starts_with_batch must be a bool, got {type(ref_starts_with_batch).__name__}")
     self_reference = ref_emb is None
     if self_reference:
         ref_emb, ref_labels = emb, labels
+    elif ref_starts_with_batch and ref_emb.shape[0] < emb.shape[0]:
+        raise ValueError(f"ref_starts_with_batch=True but ref_emb has {ref_emb.shape[0]} rows, fewer than the "
+                         f"batch's {emb.shape[0]}")
 
     dist = pairwise_distance(emb, ref_emb, distance)
     loss, active, total, _ = torch.ops.ssml_fast.triplet_margin_loss_from_dist(
-        dist, labels, ref_labels, self_reference, margin, mining, reduction, bool(soft)
+        dist, labels, ref_labels, self_reference or ref_starts_with_batch, margin, mining, reduction, bool(soft)
     )
     return TripletLoss(loss, active, total) if return_stats else loss

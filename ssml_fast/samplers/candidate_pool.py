@@ -5,10 +5,9 @@ from typing import Optional
 
 import torch
 
-from ..evaluation._inputs import as_embeddings
-from ..evaluation.knn import check_metric, knn_search, prepare
+from .._validation import check_int
+from ..neighbors import as_embeddings, check_metric, knn_search, prepare
 from ._anchors import AnchorBatchSampler
-from ..ops._checks import check_int
 
 
 class CandidatePoolSampler(AnchorBatchSampler):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ..ops._checks import check_int
+from .._validation import check_int
 from ._random import EpochRandom
 
 

@@ -5,8 +5,7 @@ from typing import Optional
 
 import torch
 
-from ..evaluation._inputs import as_embeddings
-from ..evaluation.knn import check_metric, knn_search
+from ..neighbors import as_embeddings, check_metric, knn_search
 from ._anchors import AnchorBatchSampler
 
 

@@ -6,7 +6,7 @@ from typing import Iterator, List, Optional
 import torch
 from torch.utils.data import Sampler
 
-from ..ops._checks import check_int
+from .._validation import check_int
 from ._random import EpochRandom
 
 
