@@ -40,6 +40,10 @@ TORCH_LIBRARY(ssml_fast, m) {
   // ties to the lower index.
   m.def("contextual_similarity(Tensor teacher_emb, int k, float sigma, Tensor? ids) "
         "-> (Tensor w, Tensor w_p, Tensor w_c)");
+  // Same contract; the CUDA backend's algorithm executed on the CPU (tests only: it is how machines
+  // without a GPU run the GPU code path).
+  m.def("_contextual_similarity_gpu_algorithm(Tensor teacher_emb, int k, float sigma, Tensor? ids) "
+        "-> (Tensor w, Tensor w_p, Tensor w_c)");
   // query: (q, d), gallery: (g, d), same float dtype -> (q, g) float32 k-reciprocal re-ranked distances
   // (Zhong et al. 2017, the numbers of the widely used numpy code) over the joint set [query; gallery].
   // k1 >= 1, 1 <= k2 <= k1, 0 <= lambda_value <= 1.

@@ -14,11 +14,9 @@
 #include <cmath>
 
 #include "common/contextual_math.h"
+#include "common/numerics.h"
 
 namespace ssml_fast {
-
-// F.normalize's eps for the teacher rows.
-constexpr double kContextualNormEps = 1e-12;
 
 inline void check_contextual_args(const at::Tensor& emb, int64_t k, double sigma,
                                   const std::optional<at::Tensor>& ids) {

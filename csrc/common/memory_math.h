@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include "common/hd.h"
+#include "common/numerics.h"
 
 namespace ssml_fast {
 
@@ -12,9 +13,6 @@ namespace ssml_fast {
 SSML_HD int64_t enqueue_first_row(int64_t n, int64_t size) { return n > size ? n - size : 0; }
 
 SSML_HD int64_t ring_slot(int64_t ptr, int64_t k, int64_t size) { return (ptr + k) % size; }
-
-// Same rule as torch.nn.functional.normalize: x / max(||x||, eps).
-constexpr double kNormEps = 1e-12;
 
 // A NaN norm stays NaN (`norm < eps` is false for NaN, as torch's clamp_min keeps NaN), so a NaN feature
 // writes an all-NaN slot instead of hiding its NaN among finite values scaled by 1 / eps.

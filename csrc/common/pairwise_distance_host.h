@@ -16,11 +16,9 @@
 #include <c10/util/Exception.h>
 #include "common/distance_math.h"
 #include "common/full_precision.h"
+#include "common/numerics.h"
 
 namespace ssml_fast {
-
-// F.normalize's eps: rows with a smaller norm are scaled by 1/eps instead of 1/|x|.
-constexpr double kNormEps = 1e-12;
 
 struct DistanceEpilogues {
   // gram (B, R) in place -> distances, given squared norms sq_x (B,), sq_y (R,) (undefined for cosine)

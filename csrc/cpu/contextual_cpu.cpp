@@ -64,7 +64,7 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
     const T g = G[i * n + i];
     // ||x_i||^2 is finite iff row i is (barring overflow of a huge finite row): the NaN check for free.
     TORCH_CHECK_VALUE(std::isfinite(g), "teacher_emb contains NaN or infinite values (row ", i, ")");
-    inv[i] = T(1) / std::max(std::sqrt(g), T(kContextualNormEps));
+    inv[i] = T(1) / std::max(std::sqrt(g), T(kNormEps));
     s[i] = g * inv[i] * inv[i];
   }
   at::Tensor d2_t = at::empty({n, n}, x.options());

@@ -1,71 +1,52 @@
-// CUDA backend of contextual_similarity: the Gram GEMM (cuBLAS through ATen) and the dense expansion
-// GEMM when k is large; everything else in the kernels of contextual_cuda.cu. The host synchronises twice: for the
-// NaN check (with the scale of the rows) and in the duplicate-row search (unique_dim).
-#include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/isfinite.h>
-#include <ATen/ops/zeros.h>
+// CUDA backend of contextual_similarity: the host orchestration of common/contextual_gpu_host.h with the kernels of
+// contextual_cuda.cu (whose per-element bodies the CPU twin, cpu/contextual_gpu_algorithm_cpu.cpp, runs in loops).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "common/contextual_host.h"
-#include "common/full_precision.h"
+#include "common/contextual_gpu_host.h"
 #include "cuda/contextual_launchers.h"
 
 namespace ssml_fast {
 namespace {
+
+// Launch policy of contextual_similarity_gpu_algorithm: the CUDA kernels on the current stream, each checked.
+struct CudaLaunch {
+  cudaStream_t stream;
+  template <typename T>
+  void sqdist(const T* gram, T* inv, T* s, const int64_t* rep, int64_t n, double eps, T* d2) const {
+    cuda::contextual_sqdist<T>(gram, inv, s, rep, n, eps, d2, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename T>
+  void rank(const T* d2, const int64_t* ids, int64_t n, int64_t k, int64_t* nn, uint8_t* in_knn) const {
+    cuda::contextual_rank<T>(d2, ids, n, k, nn, in_knn, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  void mutual(const uint8_t* in_knn, int64_t n, uint64_t* rb, int32_t* rsize) const {
+    cuda::contextual_mutual(in_knn, n, rb, rsize, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename T>
+  void wtilde(const uint64_t* rb, const int32_t* rsize, int64_t n, T* wt) const {
+    cuda::contextual_wtilde<T>(rb, rsize, n, wt, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  template <typename T>
+  void combine(const T* d2, const T* wt, const T* what, const int64_t* nn, int64_t n, int64_t k, int64_t m,
+               double sigma, float* w, float* w_p, float* w_c) const {
+    cuda::contextual_combine<T>(d2, wt, what, nn, n, k, m, sigma, w, w_p, w_c, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contextual_similarity_cuda(const at::Tensor& teacher_emb, int64_t k,
                                                                           double sigma,
                                                                           const std::optional<at::Tensor>& ids) {
   check_contextual_args(teacher_emb, k, sigma, ids);  // before the guard: device mismatches raise here
   c10::cuda::CUDAGuard guard(teacher_emb.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  // The NaN / inf check and the exact power-of-two rescaling of rows whose squared norms would overflow, in
-  // one host read.
-  const at::Tensor x = contextual_rescaled(teacher_emb.contiguous());
-  const at::Tensor id = ids.has_value() ? ids->contiguous() : at::Tensor();
-  const int64_t n = x.size(0), W = (n + 63) / 64, m = expansion_size(k);
-  const auto f32 = x.options().dtype(at::kFloat);
-  at::Tensor w = at::empty({n, n}, f32), w_p = at::empty({n, n}, f32), w_c = at::empty({n, n}, f32);
-
-  const FullFloat32Matmul full_precision;
-  const at::Tensor gram = at::mm(x, x.t());
-  at::Tensor d2 = at::empty({n, n}, x.options());
-  const at::Tensor nn = at::empty({n, k}, x.options().dtype(at::kLong));
-  const at::Tensor in_knn = at::empty({n, n}, x.options().dtype(at::kByte));
-  const at::Tensor rb = at::empty({n, W}, x.options().dtype(at::kLong));  // bit sets, as uint64 words
-  const at::Tensor rsize = at::zeros({n}, x.options().dtype(at::kInt));
-  at::Tensor wt = at::empty({n, n}, x.options());
-  auto* rb_bits = reinterpret_cast<uint64_t*>(rb.data_ptr<int64_t>());
-
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contextual_similarity_cuda", [&] {
-    at::Tensor inv = at::empty({n}, x.options()), s = at::empty({n}, x.options());
-    const at::Tensor rep = duplicate_representatives_aten(x);
-    cuda::contextual_sqdist<scalar_t>(gram.const_data_ptr<scalar_t>(), inv.data_ptr<scalar_t>(),
-                                      s.data_ptr<scalar_t>(), rep.const_data_ptr<int64_t>(), n, kContextualNormEps,
-                                      d2.data_ptr<scalar_t>(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::contextual_rank<scalar_t>(d2.const_data_ptr<scalar_t>(),
-                                    id.defined() ? id.const_data_ptr<int64_t>() : nullptr, n, k,
-                                    nn.data_ptr<int64_t>(), in_knn.data_ptr<uint8_t>(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::contextual_mutual(in_knn.const_data_ptr<uint8_t>(), n, rb_bits, rsize.data_ptr<int32_t>(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    cuda::contextual_wtilde<scalar_t>(rb_bits, rsize.const_data_ptr<int32_t>(), n, wt.data_ptr<scalar_t>(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // Without a host sync the exact sparse work is unknown; n * m * k bounds it.
-    at::Tensor what;
-    if (prefer_dense_expansion(n * m * k, n)) what = dense_expansion(nn, m, wt);
-    cuda::contextual_combine<scalar_t>(d2.const_data_ptr<scalar_t>(), wt.const_data_ptr<scalar_t>(),
-                                       what.defined() ? what.const_data_ptr<scalar_t>() : nullptr,
-                                       nn.const_data_ptr<int64_t>(), n, k, m, sigma, w.data_ptr<float>(),
-                                       w_p.data_ptr<float>(), w_c.data_ptr<float>(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {w, w_p, w_c};
+  return contextual_similarity_gpu_algorithm(teacher_emb, k, sigma, ids, CudaLaunch{c10::cuda::getCurrentCUDAStream()});
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
-// CUDA kernels of contextual_similarity: one thread per matrix entry (or per bit-set word), the same
+// CUDA kernels of contextual_similarity: one thread per matrix entry (or per bit-set word) running the bodies of
+// common/contextual_kernels.h (which the CPU twin, cpu/contextual_gpu_algorithm_cpu.cpp, runs in loops), the same
 // math and tie rule as the CPU kernel (common/contextual_math.h). Ranking counts, for each (i, j), the
 // columns that precede j in row i: O(n) per entry with an early exit at k, no sort and no atomics on lists.
-#include "common/contextual_math.h"
+#include "common/contextual_kernels.h"
 #include "cuda/contextual_launchers.h"
 
 namespace ssml_fast::cuda {
@@ -19,35 +20,13 @@ inline unsigned blocks_for(int64_t n) {
 template <typename T>
 __global__ void row_norms_kernel(const T* gram, T* inv, T* s, int64_t n, T eps) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const T g = gram[i * n + i];
-  const T r = sqrt(g);
-  inv[i] = T(1) / (r > eps ? r : eps);
-  s[i] = g * inv[i] * inv[i];
+  if (i < n) contextual_row_norm_entry<T>(gram, inv, s, i, n, eps);
 }
 
-// From the upper triangle of gram at the rows' first copies (rep), like the CPU kernel: d2 is exactly
-// symmetric and identical rows tie exactly.
 template <typename T>
 __global__ void sqdist_kernel(const T* gram, const T* inv, const T* s, const int64_t* rep, int64_t n, T* d2) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= n * n) return;
-  const int64_t i = t / n, j = t - i * n;
-  const int64_t ri = rep[i], rj = rep[j];
-  const int64_t a = ri < rj ? ri : rj, b = ri < rj ? rj : ri;
-  d2[t] = unit_sqdist<T>(gram[a * n + b], s[a], s[b], inv[a], inv[b], a == b);
-}
-
-template <typename T>
-__device__ void rank_entry(const T* row, const int64_t* ids, int64_t i, int64_t j, int64_t n, int64_t k, int64_t* nn,
-                           uint8_t* in_knn) {
-  const int gj = neighbour_group(i, j, ids);
-  const T dj = row[j];
-  int64_t rank = 0;
-  for (int64_t l = 0; l < n && rank < k; ++l)
-    rank += ranks_before<T>(neighbour_group(i, l, ids), row[l], l, gj, dj, j);
-  in_knn[i * n + j] = rank < k;
-  if (rank < k) nn[i * k + rank] = j;
+  if (t < n * n) d2[t] = contextual_sqdist_entry<T>(gram, inv, s, rep, n, t);
 }
 
 // Blocks of kThreads consecutive columns of one row (a block's threads share the row it scans), grid-stride
@@ -58,55 +37,29 @@ __global__ void rank_kernel(const T* d2, const int64_t* ids, int64_t n, int64_t 
   for (int64_t blk = blockIdx.x; blk < n * per_row; blk += gridDim.x) {
     const int64_t i = blk / per_row;
     const int64_t j = (blk - i * per_row) * kThreads + threadIdx.x;
-    if (j < n) rank_entry<T>(d2 + i * n, ids, i, j, n, k, nn, in_knn);
+    if (j < n) contextual_rank_entry<T>(d2 + i * n, ids, i, j, n, k, nn, in_knn);
   }
 }
 
 __global__ void mutual_kernel(const uint8_t* in_knn, int64_t n, int64_t W, uint64_t* rb, int32_t* rsize) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= n * W) return;
-  const int64_t i = t / W, w = t - i * W;
-  uint64_t bits = 0;
-  for (int b = 0; b < 64; ++b) {
-    const int64_t j = w * 64 + b;
-    if (j < n && in_knn[i * n + j] && in_knn[j * n + i]) bits |= 1ULL << b;
-  }
+  const uint64_t bits = contextual_mutual_word(in_knn, n, W, t);
   rb[t] = bits;
-  if (bits) atomicAdd(rsize + i, popcount64(bits));
+  if (bits) atomicAdd(rsize + t / W, popcount64(bits));
 }
 
 template <typename T>
 __global__ void wtilde_kernel(const uint64_t* rb, const int32_t* rsize, int64_t n, int64_t W, T* wt) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= n * n) return;
-  const int64_t i = t / n, j = t - i * n;
-  const uint64_t* ri = rb + i * W;
-  wt[t] = test_bit(ri, j) ? static_cast<T>(intersection_count(ri, rb + j * W, W)) * (T(1) / static_cast<T>(rsize[i]))
-                          : T(0);
+  if (t < n * n) wt[t] = contextual_wtilde_entry<T>(rb, rsize, n, W, t);
 }
 
 template <typename T>
 __global__ void combine_kernel(const T* d2, const T* wt, const T* what, const int64_t* nn, int64_t n, int64_t k,
                                int64_t m, T neg_inv_sigma, float* w, float* w_p, float* w_c) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= n * n) return;
-  const int64_t i = t / n, j = t - i * n;
-  T a = 0, b = 0;
-  if (what != nullptr) {
-    a = what[i * n + j];
-    b = what[j * n + i];
-  } else {
-    for (int64_t r = 0; r < m; ++r) {
-      a += wt[nn[i * k + r] * n + j];
-      b += wt[nn[j * k + r] * n + i];
-    }
-  }
-  const T inv_m = T(1) / static_cast<T>(m);
-  const T c = contextual_symmetric_part<T>(a, b, inv_m);
-  const T p = exp(d2[t] * neg_inv_sigma);  // the CPU kernel's at::exp(d2 * (-1 / sigma))
-  w_c[t] = static_cast<float>(c);
-  w_p[t] = static_cast<float>(p);
-  w[t] = static_cast<float>((p + c) / T(2));
+  if (t < n * n) contextual_combine_entry<T>(d2, wt, what, nn, n, k, m, neg_inv_sigma, t, w, w_p, w_c);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@ FUNCTIONAL_OPS = (
     "triplet_margin_loss_from_dist",
     "_triplet_margin_loss_from_dist_sorted",
     "contextual_similarity",
+    "_contextual_similarity_gpu_algorithm",
     "kreciprocal_rerank",
     "kreciprocal_rerank_topk",
     "_kreciprocal_rerank_gpu_algorithm",

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks
+from .. import _validation
 
 
 class ContextualSimilarity(NamedTuple):
@@ -18,6 +18,10 @@ class ContextualSimilarity(NamedTuple):
 def _contextual_similarity_fake(teacher_emb, k, sigma, ids):
     n = teacher_emb.shape[0]
     return tuple(teacher_emb.new_empty((n, n), dtype=torch.float32) for _ in range(3))
+
+
+# The CUDA backend's algorithm run on the CPU (tests only), same contract.
+torch.library.register_fake("ssml_fast::_contextual_similarity_gpu_algorithm")(_contextual_similarity_fake)
 
 
 def contextual_similarity(
@@ -55,21 +59,23 @@ def contextual_similarity(
     Returns w (n, n) float32 on teacher_emb's device, or ContextualSimilarity(w, w_p, w_c) with
     return_parts=True. w, w_p and w_c are exactly symmetric.
     """
-    _checks.check_embeddings("teacher_emb", teacher_emb)
+    _validation.check_embeddings("teacher_emb", teacher_emb)
     n = teacher_emb.shape[0]
     if n == 0:
         raise ValueError("teacher_emb must have at least one row, got shape (0, d)")
-    if isinstance(k, bool) or not isinstance(k, int):
+    if not _validation.is_int(k):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = int(k)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, n] = [1, {n}], got {k}")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+    if not _validation.is_real(sigma):
         raise TypeError(f"sigma must be a number, got {type(sigma).__name__}")
+    sigma = float(sigma)
     if not (sigma > 0 and sigma != float("inf")):
         raise ValueError(f"sigma must be a positive finite number, got {sigma}")
     if ids is not None:
-        ids = _checks.check_labels("ids", ids, n, teacher_emb.device)
+        ids = _validation.check_labels("ids", ids, n, teacher_emb.device)
     with torch.no_grad():  # NaN / inf rows are rejected by the op itself (from the Gram diagonal, no extra pass)
-        emb = teacher_emb.detach().to(_checks.compute_dtype(teacher_emb))
+        emb = teacher_emb.detach().to(_validation.compute_dtype(teacher_emb))
         w, w_p, w_c = torch.ops.ssml_fast.contextual_similarity(emb, k, float(sigma), ids)
     return ContextualSimilarity(w, w_p, w_c) if return_parts else w
