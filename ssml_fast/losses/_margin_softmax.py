@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .. import distances as _distances
 from . import _pairs
-from ._proxies import ProxyLoss
+from ._proxies import NORM_EPS, ProxyLoss
 
 
 def require_cosine(cls_name: str, distance):
@@ -68,12 +68,12 @@ class MarginSoftmaxLoss(ProxyLoss):
         W = self.weight
         xn = x.norm(dim=1)
         wn = W.norm(dim=0)
-        tiny = torch.finfo(x.dtype).tiny
-        rows = x * (self.scale / xn.clamp_min(tiny))[:, None] if not self.scale_by_embedding_norm else x * self.scale
-        cols = W / wn.clamp_min(tiny) if not self.scale_by_weight_norm else W
+        rows = x * (self.scale / xn.clamp_min(NORM_EPS))[:, None] if not self.scale_by_embedding_norm else x * self.scale
+        cols = W / wn.clamp_min(NORM_EPS) if not self.scale_by_weight_norm else W
         logits = rows @ cols
         if self.per_class > 1:
-            logits = logits.view(x.shape[0], self.num_classes, self.per_class).amax(dim=2)
+            # max, not amax: its backward scatters into the selected entries (amax's builds a tie mask)
+            logits = logits.view(x.shape[0], self.num_classes, self.per_class).max(dim=2).values
         return logits, xn, wn
 
     def _target_factor(self, labels, xn, wn):
@@ -95,7 +95,7 @@ class MarginSoftmaxLoss(ProxyLoss):
             W = self.weight
             logits = F.normalize(x, dim=1) @ F.normalize(W, dim=0)
             if self.per_class > 1:
-                logits = logits.view(x.shape[0], self.num_classes, self.per_class).amax(dim=2)
+                logits = logits.view(x.shape[0], self.num_classes, self.per_class).max(dim=2).values
             if self.scale_by_weight_norm:
                 logits = logits * W.norm(dim=0)[None, :]
             if self.scale_by_embedding_norm:

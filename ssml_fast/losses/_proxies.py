@@ -18,6 +18,8 @@ from ..ops import _checks
 from . import _pairs
 from .base import MetricLoss
 
+NORM_EPS = 1e-12  # F.normalize's floor of a norm (what PML normalises with): zero vectors stay 0, finite gradients
+
 
 class ProxyLoss(MetricLoss):
     supports_ref_emb = False

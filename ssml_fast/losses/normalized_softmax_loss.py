@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from .. import distances as _distances
 from . import _pairs
-from ._proxies import ProxyLoss
+from ._proxies import NORM_EPS, ProxyLoss
 
 
 class NormalizedSoftmaxLoss(ProxyLoss):
@@ -43,9 +43,8 @@ class NormalizedSoftmaxLoss(ProxyLoss):
         if fast:
             # one GEMM: (x / |x| or x) @ (W / |W|) / temperature, the scales folded into the B x D / D x C
             # operands instead of a pass over the B x C matrix
-            tiny = torch.finfo(x.dtype).tiny
-            rows = x / x.norm(dim=1, keepdim=True).clamp_min(tiny) if d.normalize_embeddings else x
-            return (rows / self.temperature) @ (W / W.norm(dim=0).clamp_min(tiny))
+            rows = x / x.norm(dim=1, keepdim=True).clamp_min(NORM_EPS) if d.normalize_embeddings else x
+            return (rows / self.temperature) @ (W / W.norm(dim=0).clamp_min(NORM_EPS))
         w_rows = d.normalize(W, dim=0).t()
         logits = self.matrix(x, w_rows) / self.temperature
         return logits if d.is_inverted else -logits

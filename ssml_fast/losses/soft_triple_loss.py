@@ -9,21 +9,22 @@ import torch.nn.functional as F
 from .. import distances as _distances
 from ..ops import _checks
 from . import _pairs
-from ._proxies import ProxyLoss
+from ._proxies import NORM_EPS, ProxyLoss
 
 
 class _SoftClassSimilarity(torch.autograd.Function):
     """S_ic = sum_k p_ick s_ick, p_ic. = softmax_k(gamma s_ic.), for s (B, C, K) -> (B, C).
 
-    dS/ds_k = p_k (1 + gamma (s_k - S)). The backward recomputes p from s instead of keeping the softmax
-    and the product of autograd's graph: one (B, C, K) tensor saved instead of three."""
+    dS/ds_k = p_k (1 + gamma (s_k - S)). Autograd's graph of softmax, product and sum keeps three
+    (B, C, K) tensors and allocates about ten; here the forward allocates one temporary and saves only s
+    (the backward recomputes p), the backward allocates two."""
 
     @staticmethod
     def forward(ctx, s, gamma):
         m = s.amax(dim=2, keepdim=True)
-        e = torch.exp((s - m) * gamma)
+        e = torch.sub(s, m).mul_(gamma).exp_()
         z = e.sum(dim=2)
-        S = (e * s).sum(dim=2) / z
+        S = e.mul_(s).sum(dim=2).div_(z)
         ctx.save_for_backward(s, m, z, S)
         ctx.gamma = gamma
         return S
@@ -32,10 +33,8 @@ class _SoftClassSimilarity(torch.autograd.Function):
     def backward(ctx, g):
         s, m, z, S = ctx.saved_tensors
         gamma = ctx.gamma
-        p = torch.exp((s - m) * gamma)
-        p *= (g / z)[:, :, None]
-        grad = torch.sub(s, S[:, :, None]).mul_(gamma).add_(1).mul_(p)
-        return grad, None
+        p = torch.sub(s, m).mul_(gamma).exp_().mul_((g / z)[:, :, None])
+        return p.mul_(torch.sub(s, S[:, :, None]).mul_(gamma).add_(1)), None
 
 
 class SoftTripleLoss(ProxyLoss):
@@ -79,9 +78,8 @@ class SoftTripleLoss(ProxyLoss):
     def _center_similarities(self, x):
         d, fc = self.distance, self.weight
         if _distances._kind(d) in ("DotProductSimilarity", "CosineSimilarity") and d.p == 2 and d.power == 1:
-            tiny = torch.finfo(x.dtype).tiny
-            rows = x / x.norm(dim=1, keepdim=True).clamp_min(tiny) if d.normalize_embeddings else x
-            cols = fc / fc.norm(dim=0).clamp_min(tiny) if d.normalize_embeddings else fc
+            rows = x / x.norm(dim=1, keepdim=True).clamp_min(NORM_EPS) if d.normalize_embeddings else x
+            cols = fc / fc.norm(dim=0).clamp_min(NORM_EPS) if d.normalize_embeddings else fc
             return rows @ cols
         return self.matrix(x, fc.t())
 

@@ -8,6 +8,7 @@ import torch
 from ..ops import _checks
 from . import _pairs
 from ._margin_softmax import MarginSoftmaxLoss
+from ._proxies import NORM_EPS
 from .arcface_loss import ArcFaceLoss
 
 
@@ -57,8 +58,8 @@ class SubCenterArcFaceLoss(ArcFaceLoss):
                              f"got range [{int(labels.min())}, {int(labels.max())}]")
         K, C = self.sub_centers, self.num_classes
         W = self.weight
-        Wn = W / W.norm(dim=0).clamp_min(torch.finfo(W.dtype).tiny)
-        xn = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        Wn = W / W.norm(dim=0).clamp_min(NORM_EPS)
+        xn = x / x.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
         # cosine of each sample to its own class's K sub-centres, (B, K)
         own = torch.einsum("bd,dbk->bk", xn, Wn.view(-1, C, K)[:, labels, :])
         best = own.argmax(dim=1)
