@@ -27,6 +27,7 @@ def default_preset(dataset: str) -> str:
 
 
 def check_methods(methods: Optional[Sequence[str]]) -> list[str]:
+    from .config import ConfigError
     from .methods import available_methods, get_method
 
     if methods is None:
@@ -35,7 +36,10 @@ def check_methods(methods: Optional[Sequence[str]]) -> list[str]:
     if not names:
         raise ValueError("--methods is empty; available: " + ", ".join(available_methods()))
     for n in names:
-        get_method(n)  # raises ConfigError naming the method
+        try:
+            get_method(n)  # a method name, or a spec such as supervised:arcface (method:loss)
+        except ConfigError as e:
+            raise ConfigError(f"--methods: {e}") from None
     if len(set(names)) != len(names):
         raise ValueError(f"--methods lists a method twice: {names}")
     return names

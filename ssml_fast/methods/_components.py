@@ -16,6 +16,21 @@ LOSSES = {
     "proxy_anchor": "ProxyAnchorLoss",
     "smooth_ap": "SmoothAPLoss",
     "histogram": "HistogramLoss",
+    # issue 12, proxy / classification family (learnable class weights: their own parameter group)
+    "arcface": "ArcFaceLoss",
+    "subcenter_arcface": "SubCenterArcFaceLoss",
+    "cosface": "CosFaceLoss",
+    "large_margin_softmax": "LargeMarginSoftmaxLoss",
+    "sphereface": "SphereFaceLoss",
+    "normalized_softmax": "NormalizedSoftmaxLoss",
+    "soft_triple": "SoftTripleLoss",
+    "center": "CenterLoss",
+    # issue 12, pair / tuple family
+}
+# loss_kwargs a `method:loss` spec (`supervised:arcface`) starts from: the supervised method's own choice
+# where it has one, otherwise the loss's defaults (PML's where PML has the loss).
+SPEC_LOSS_KWARGS = {
+    "triplet": {"margin": 0.2, "mining": "all"},
 }
 MINERS = {
     "batch_hard": "BatchHardMiner",
@@ -34,9 +49,14 @@ def _resolve(kind: str, module, table: dict, name: str):
     return cls
 
 
+def loss_class(name: str) -> type:
+    """The loss class of a LOSSES name or of an ssml_fast.losses class name; ValueError naming the choices."""
+    return _resolve("loss", losses, LOSSES, name)
+
+
 def build_loss(name: str, kwargs: dict, *, num_classes: int, embedding_size: int):
     """An instance of the named loss; proxy losses get num_classes / embedding_size filled in."""
-    cls = _resolve("loss", losses, LOSSES, name)
+    cls = loss_class(name)
     params = inspect.signature(cls).parameters
     kwargs = dict(kwargs)
     if "num_classes" in params:

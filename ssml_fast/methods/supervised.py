@@ -4,6 +4,11 @@ The default (batch-all triplet, margin 0.2, on the L2-normalised features of a h
 setting that generalised to unseen classes on MNIST-5k: a linear embedding head trained on five classes
 collapsed onto them (the batch-all loss reaches 0 and stops learning), so `head` defaults to "identity".
 There is no single official code for this baseline; the defaults are the small-image recipe.
+
+Losses with learnable parameters (the proxy / classification family: proxies, class weights, centres)
+train them in their own optimiser group "loss" at `loss_lr` (None: head_lr if set, else the optimiser's
+lr); PML users train proxies at a higher learning rate than the network. `supervised:<loss>` (e.g. `supervised:arcface` in
+`ssml-fast compare --methods`) is this method with `loss=<loss>` and that loss's default arguments.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn.functional as F
 
-from ._components import build_loss, build_miner
+from ..config import ConfigError
+from ._components import SPEC_LOSS_KWARGS, build_loss, build_miner, loss_class
 from .base import Batch, DataInfo, Method, MethodConfig, Stage, StepOutput
 
 
@@ -21,6 +27,7 @@ from .base import Batch, DataInfo, Method, MethodConfig, Stage, StepOutput
 class SupervisedConfig(MethodConfig):
     loss: str = "triplet"                      # a name of methods._components.LOSSES or a loss class name
     loss_kwargs: dict = field(default_factory=lambda: {"margin": 0.2, "mining": "all"})
+    loss_lr: Optional[float] = None            # lr of the loss's own parameters (proxies); None: head_lr / lr
     miner: Optional[str] = None                # e.g. multi_similarity, batch_hard
     miner_kwargs: dict = field(default_factory=dict)
     sampler: str = "random"                    # random | m_per_class (P x K)
@@ -31,6 +38,8 @@ class SupervisedConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.loss_lr is not None and not self.loss_lr > 0:
+            raise ValueError(f"loss_lr must be > 0, got {self.loss_lr}")
         if self.sampler not in ("random", "m_per_class"):
             raise ValueError(f"sampler must be 'random' or 'm_per_class', got {self.sampler!r}")
         if self.sampler == "m_per_class" and self.batch_size % self.samples_per_class:
@@ -60,6 +69,32 @@ class Supervised(Method):
             raise ValueError(f"batch_size={config.batch_size} with samples_per_class={config.samples_per_class} "
                              f"needs {per_batch} classes per batch, but training has {len(classes)}; raise "
                              "samples_per_class or use sampler=random")
+
+    @classmethod
+    def spec_overrides(cls, loss: str, spec: str) -> dict:
+        """The config overrides of the method spec `supervised:<loss>`: that loss with its default arguments
+        (SPEC_LOSS_KWARGS where the supervised method has its own, e.g. triplet's margin 0.2 batch-all)."""
+        try:
+            loss_class(loss)
+        except ValueError as e:
+            raise ConfigError(f"method spec {spec!r}: {e}") from None
+        return {"loss": loss, "loss_kwargs": dict(SPEC_LOSS_KWARGS.get(loss, {}))}
+
+    def parameter_groups(self) -> list[dict]:
+        """The base groups, with the loss's own parameters (proxies, class weights, centres) taken out into
+        a group "loss" at `loss_lr` (None: head_lr when set, else the optimiser's lr)."""
+        own = [p for p in self.loss_fn.parameters() if p.requires_grad]
+        groups = super().parameter_groups()
+        if not own:
+            return groups
+        ids = {id(p) for p in own}
+        for g in groups:
+            g["params"] = [p for p in g["params"] if id(p) not in ids]
+        loss_group = {"params": own, "name": "loss"}
+        lr = self.config.loss_lr if self.config.loss_lr is not None else self.config.head_lr
+        if lr is not None:
+            loss_group["lr"] = lr
+        return [g for g in groups if g["params"]] + [loss_group]
 
     def batch_sampler(self, stage: Stage, ctx):
         if self.config.sampler == "random":
