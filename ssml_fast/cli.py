@@ -54,6 +54,17 @@ def _train_setup(args):
         overrides.append(("--set", _checked(parse_set, args.set)))
     if args.epochs is not None:
         overrides.append(("--epochs", {"epochs": args.epochs}))
+    # Backbone / transfer-recipe flags: shortcuts for --set of MethodConfig's backbone fields.
+    if args.weights is not None and not Path(args.weights).is_file():
+        raise UsageError(f"--weights: file {args.weights!r} does not exist")
+    for flag, key in (("--backbone", "backbone"), ("--pretrained", "pretrained"), ("--weights", "weights"),
+                      ("--pool", "pool"), ("--freeze-stages", "freeze_stages"), ("--head-lr", "head_lr")):
+        if getattr(args, key) is not None:
+            overrides.append((flag, {key: getattr(args, key)}))
+    if args.bn_freeze:
+        overrides.append(("--bn-freeze", {"bn_freeze": True}))
+    if args.channels_last is not None:
+        overrides.append(("--channels-last", {"channels_last": args.channels_last == "on"}))
     preset = args.preset or default_preset(args.dataset)
     config = _checked(make_config, args.method, preset, overrides)
     train_classes = tuple(_int_list(args.train_classes, "--train-classes")) if args.train_classes else None
@@ -201,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", help="official | small (default: small on mnist5k/digits)")
     t.add_argument("--epochs", type=int, help="shortcut for --set epochs=N")
     t.add_argument("--train-classes", help="comma-separated training classes (default 0,1,2,3,4)")
+    t.add_argument("--backbone", help="small_cnn (default) | small_cnn_wide | resnet18 | resnet50 | resnet101 | "
+                   "googlenet | timm:<name>")
+    t.add_argument("--pretrained", help="imagenet | imagenet_v2 | none (default: imagenet for resnet/googlenet/"
+                   "timm, read from the local torch / HF cache; none for the small CNNs)")
+    t.add_argument("--weights", metavar="PATH", help="local backbone weight file (state dict) instead of the cache")
+    t.add_argument("--pool", help="gap | gmp | gap+gmp | gem (| flatten for the small CNNs; default the backbone's)")
+    t.add_argument("--freeze-stages", type=int, metavar="N", help="freeze the first N backbone stages (BN in eval)")
+    t.add_argument("--bn-freeze", action="store_true", help="every backbone BN in eval mode, affine frozen (STML)")
+    t.add_argument("--head-lr", type=float, help="learning rate of everything outside the backbone")
+    t.add_argument("--channels-last", choices=["on", "off"], help="backbone memory layout (default the backbone's)")
     t.add_argument("--val-mode", default="samples", help="samples | classes | none (validation from training classes)")
     t.add_argument("--select", default="last", help="last | best: model used for the test evaluation")
     t.add_argument("--seed", type=int, default=0)

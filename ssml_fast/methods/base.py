@@ -39,7 +39,19 @@ from ..models import build_trunk, make_head
 class MethodConfig:
     """Fields shared by every method: network, optimisation and schedule. Methods subclass it."""
 
-    backbone: str = "small_cnn"
+    backbone: str = "small_cnn"       # ssml_fast.models.available_trunks(): small_cnn, resnet18/50/101, googlenet, timm:<name>
+    # Backbone options (ssml_fast.models; README "Backbones"). pretrained: none | imagenet | imagenet_v2;
+    # None = the backbone's default: "imagenet" for torchvision / timm (a missing local file is an error
+    # that says where to put it), "none" for the small CNNs. weights: a local state-dict file instead of the
+    # torch / timm cache (normalised as the ImageNet weights). pool: None = the backbone's default (flatten
+    # for the small CNNs, gap for the others); methods with their own `pool` field override it.
+    pretrained: Optional[str] = None
+    weights: Optional[str] = None
+    pool: Optional[str] = None
+    gem_p: float = 3.0               # GeM pooling's initial p (learnable in the trunk)
+    freeze_stages: int = 0           # freeze the first N stages of the backbone (their BN in eval mode)
+    bn_freeze: bool = False          # every backbone BN in eval mode, affine frozen (STML's bn_freeze)
+    channels_last: Optional[bool] = None  # None = the backbone's default
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "adam"          # sgd | adam | adamw | adamp
@@ -72,6 +84,18 @@ class MethodConfig:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if any(m < 0 for m in self.milestones):
             raise ValueError(f"milestones must be >= 0, got {self.milestones}")
+        from ..models import PRETRAINED, is_known_trunk, available_trunks
+
+        if not is_known_trunk(self.backbone):
+            raise ValueError(f"backbone {self.backbone!r} is unknown; available: {', '.join(available_trunks())}")
+        if self.pretrained is not None and self.pretrained not in PRETRAINED:
+            raise ValueError(f"pretrained must be one of {', '.join(PRETRAINED)}, got {self.pretrained!r}")
+        if self.weights is not None and self.pretrained == "none":
+            raise ValueError("weights: a weight file was given with pretrained='none'; drop one of them")
+        if self.freeze_stages < 0:
+            raise ValueError(f"freeze_stages must be >= 0, got {self.freeze_stages}")
+        if not self.gem_p > 0:
+            raise ValueError(f"gem_p must be > 0, got {self.gem_p}")
 
 
 @dataclass
@@ -144,9 +168,18 @@ class Method(nn.Module):
 
     # --- building blocks shared by the methods ------------------------------------------------------
     def build_trunk(self, **kwargs) -> nn.Module:
-        """The config's backbone for this data (kwargs go to the trunk factory, e.g. pool="gap+gmp")."""
-        return build_trunk(self.config.backbone, self.data.image_shape, mean=self.data.mean, std=self.data.std,
-                           **kwargs)
+        """The config's backbone for this data, with the config's backbone options (pretrained, weights,
+        pool, gem_p, freeze_stages, bn_freeze, channels_last; unset ones take the backbone's default);
+        kwargs override them (e.g. pool="gap+gmp"). Called twice (STML's independent teacher), it reads
+        the pretrained weights twice: both networks start from them, as the official code."""
+        c = self.config
+        opts = {k: getattr(c, k, None) for k in ("pretrained", "weights", "pool", "freeze_stages", "bn_freeze",
+                                                   "channels_last")}
+        if (kwargs.get("pool") or opts["pool"]) == "gem":
+            opts["gem_p"] = c.gem_p
+        opts = {k: v for k, v in opts.items() if v is not None}
+        opts.update(kwargs)
+        return build_trunk(c.backbone, self.data.image_shape, mean=self.data.mean, std=self.data.std, **opts)
 
     @staticmethod
     def build_head(kind: str, in_dim: int, out_dim: int, **kw) -> nn.Module:
@@ -155,12 +188,15 @@ class Method(nn.Module):
     # --- hooks (defaults do nothing) -----------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
         """Optimiser parameter groups; a group may carry its own "lr". Default: every parameter that
-        requires a gradient, with the heads (modules named *head*) at `head_lr` when it is set."""
+        requires a gradient (frozen stages are left out), with everything outside the backbone trunks
+        (heads, projectors, predictors, proxies: whatever is not in a module built by `build_trunk`) at
+        `head_lr` when it is set: the transfer recipe's separate head learning rate."""
+        trunk = {id(p) for m in self.modules() if getattr(m, "is_trunk", False) for p in m.parameters()}
         heads, rest = [], []
         for n, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (heads if "head" in n.split(".")[0] and self.config.head_lr is not None else rest).append(p)
+            (heads if id(p) not in trunk and self.config.head_lr is not None else rest).append(p)
         groups = [{"params": rest, "name": "network"}]
         if heads:
             groups.append({"params": heads, "lr": self.config.head_lr, "name": "heads"})

@@ -307,11 +307,20 @@ class InsCLR(Method):
         return self(x)
 
     def parameter_groups(self) -> list[dict]:
-        decay, no_decay = [], []
+        # Biases without weight decay (official); with head_lr set, the head's parameters in groups of
+        # their own at head_lr (the transfer recipe; the official code has one lr).
+        trunk = {id(p) for p in self.trunk.parameters()} if self.config.head_lr is not None else None
+        decay, no_decay, head_decay, head_no_decay = [], [], [], []
         for n, p in self.named_parameters():
             if p.requires_grad:
-                (no_decay if n.endswith(".bias") else decay).append(p)
-        return [{"params": decay, "name": "network"}, {"params": no_decay, "weight_decay": 0.0, "name": "biases"}]
+                head = trunk is not None and id(p) not in trunk
+                bias = n.endswith(".bias")
+                ((head_no_decay if bias else head_decay) if head else (no_decay if bias else decay)).append(p)
+        groups = [{"params": decay, "name": "network"}, {"params": no_decay, "weight_decay": 0.0, "name": "biases"}]
+        if head_decay or head_no_decay:
+            groups += [{"params": head_decay, "lr": self.config.head_lr, "name": "heads"},
+                       {"params": head_no_decay, "lr": self.config.head_lr, "weight_decay": 0.0, "name": "head_biases"}]
+        return groups
 
     # ---- stages --------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:
