@@ -75,8 +75,8 @@ class CenterLoss(ProxyLoss):
         return x
 
     def _logits(self, x):
-        logits = x @ self.W
-        return logits if self.b is None else logits + self.b
+        # addmm: the bias is added inside the GEMM, no second (B, C) tensor
+        return x @ self.W if self.b is None else torch.addmm(self.b, x, self.W)
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, num_classes): the softmax classifier's logits x W + b."""
