@@ -38,6 +38,49 @@ def _checked(fn, *args, **kw):
         raise UsageError(str(e)) from None
 
 
+# ---- data ----------------------------------------------------------------------------------------
+def _data_args(args) -> dict:
+    """--data-root / --num-workers / --image-size / --pipeline, checked against --dataset."""
+    from .data import file_datasets, is_file_dataset
+
+    if args.num_workers < 0:
+        raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.image_size < 8:
+        raise UsageError(f"--image-size must be >= 8, got {args.image_size}")
+    if is_file_dataset(args.dataset):
+        if args.data_root is None:
+            raise UsageError(f"--dataset {args.dataset} is read from disk: pass --data-root DIR (its layout: "
+                             "README, section Datasets)")
+        if not Path(args.data_root).exists():
+            raise UsageError(f"--data-root {args.data_root} does not exist")
+    elif args.data_root is not None:
+        raise UsageError(f"--data-root applies to the datasets on disk ({', '.join(file_datasets())}), not to "
+                         f"the bundled {args.dataset!r}")
+    return {"data_root": None if args.data_root is None else str(Path(args.data_root).resolve()),
+            "num_workers": args.num_workers, "image_size": args.image_size, "pipeline": args.pipeline}
+
+
+def _split_args(run) -> dict:
+    """load_dataset's file-backed arguments from a RunConfig (nothing for the bundled datasets)."""
+    from .data import is_file_dataset
+
+    if not is_file_dataset(run.dataset):
+        return {}
+    return {"root": run.data_root, "image_size": run.image_size, "pipeline": run.pipeline}
+
+
+def _add_data_arguments(p) -> None:
+    p.add_argument("--data-root", metavar="DIR", help="directory of a dataset on disk (cub, cars196, sop, inshop, "
+                   "gldv2, gldv2_clean, gldv2_6pct, folder, unlabeled; the CSV file for csv)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding / augmenting images "
+                   "of a dataset on disk (default 0: in the main process)")
+    p.add_argument("--image-size", type=int, default=224, help="crop size for datasets on disk (224; 227 for "
+                   "GoogLeNet as in the thesis)")
+    p.add_argument("--pipeline", choices=["official", "thesis"], default="official",
+                   help="datasets on disk: each method's official augmentation, or the thesis's Resize(256x256) + "
+                        "RandomCrop + flip for every method")
+
+
 # ---- train ---------------------------------------------------------------------------------------
 def _train_setup(args):
     from .config import load_yaml, parse_set
@@ -70,7 +113,7 @@ def _train_setup(args):
     train_classes = tuple(_int_list(args.train_classes, "--train-classes")) if args.train_classes else None
     run = _checked(RunConfig, dataset=args.dataset, train_classes=train_classes, val_mode=args.val_mode,
                    seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
-                   select=args.select, quiet=args.quiet)
+                   select=args.select, quiet=args.quiet, **_data_args(args))
     out = Path(args.out or f"runs/{args.method}-{args.dataset}")
     return cls, config, run, preset, out
 
@@ -91,7 +134,7 @@ def cmd_train(args) -> int:
         raise UsageError(f"--resume: no checkpoint at {out / 'last.pt'} (train without --resume first, "
                          "or pass the same --out)")
     split = _checked(load_dataset, run.dataset, run.train_classes, val_mode=run.val_mode,
-                     val_fraction=run.val_fraction, seed=run.seed)
+                     val_fraction=run.val_fraction, seed=run.seed, **_split_args(run))
     if run.threads:
         torch.set_num_threads(run.threads)
     torch.manual_seed(run.seed)
@@ -109,7 +152,9 @@ def cmd_train(args) -> int:
     except TrainingInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
-    print(f"test (unseen classes {split.test_classes}): {_metrics_line(result['test'])}")
+    classes = split.test_classes if len(split.test_classes) <= 12 else f"{len(split.test_classes)} classes"
+    if result["test"]:  # a training-only dataset (GLDv2) has no test part
+        print(f"test (unseen classes {classes}): {_metrics_line(result['test'])}")
     if result["val"]:
         print(f"val  (held-out, training classes):  {_metrics_line(result['val'])}")
     summary = {"method": cls.name, "preset": preset, "config": asdict(config), "run": asdict(run),
@@ -164,9 +209,12 @@ def cmd_compare(args) -> int:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
     # Everything that can be wrong is checked here, before the first method trains.
     _checked(prepare_runs, args.dataset, check_methods(methods), epochs=args.epochs, preset=args.preset)
-    _checked(load_dataset, args.dataset, train_classes)
+    data = _data_args(args)
+    files = ({"root": data["data_root"], "image_size": data["image_size"], "pipeline": data["pipeline"]}
+             if data["data_root"] else {})
+    _checked(load_dataset, args.dataset, train_classes, **files)
     _checked(run_compare, args.dataset, methods, train_classes=train_classes, epochs=args.epochs, seeds=seeds,
-             preset=args.preset, out=args.out, device=args.device, threads=args.threads, quiet=args.quiet)
+             preset=args.preset, out=args.out, device=args.device, threads=args.threads, quiet=args.quiet, **data)
     return 0
 
 
@@ -315,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one method; test on the unseen classes")
     t.add_argument("--method", default="supervised", help="supervised | spreading | simclr | ... (default supervised)")
-    t.add_argument("--dataset", default="mnist5k", help="mnist5k (default) | digits")
+    t.add_argument("--dataset", default="mnist5k", help="mnist5k (default) | digits (bundled) | cub | cars196 | "
+                   "sop | inshop | gldv2 | gldv2_clean | gldv2_6pct | folder | csv | unlabeled (with --data-root)")
+    _add_data_arguments(t)
     t.add_argument("--config", help="YAML file of config overrides")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable "
                    "(e.g. --set lr=3e-4 --set loss=multi_similarity --set loss_kwargs.alpha=2)")
@@ -354,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="the main job: every method + baselines on one split, one table")
-    c.add_argument("--dataset", default="mnist5k")
+    c.add_argument("--dataset", default="mnist5k", help="as for train (datasets on disk need --data-root)")
+    _add_data_arguments(c)
     c.add_argument("--methods", help="comma-separated (default: every registered method)")
     c.add_argument("--train-classes", help="comma-separated training classes (default 0,1,2,3,4)")
     c.add_argument("--epochs", type=int, help="override every method's epochs")

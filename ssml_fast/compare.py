@@ -61,18 +61,20 @@ def baseline_metrics(split, seed: int, device) -> tuple[dict, dict]:
     from .methods import make_config, get_method
     from .train import data_info, embed_images
 
-    out = {}
+    out, emb_out = {}, {}
     t0 = time.perf_counter()
-    raw = split.test_images.flatten(1)
-    out["raw"] = dict(retrieval_metrics(raw, split.test_labels, metric="euclidean"),
-                      seconds=time.perf_counter() - t0)
+    if isinstance(split.test_images, torch.Tensor):  # raw pixels: the bundled small images only
+        raw = emb_out["raw"] = split.test_images.flatten(1)
+        out["raw"] = dict(retrieval_metrics(raw, split.test_labels, metric="euclidean"),
+                          seconds=time.perf_counter() - t0)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     net = get_method("supervised")(make_config("supervised", "small"), data_info(split)).to(device)
     emb = embed_images(net.embed, net, split.test_images, device)
     out["untrained"] = dict(retrieval_metrics(emb, split.test_labels, metric=net.eval_metric),
                             seconds=time.perf_counter() - t0)
-    return out, {"raw": raw, "untrained": emb}
+    emb_out["untrained"] = emb
+    return out, emb_out
 
 
 def run_compare(
@@ -89,6 +91,10 @@ def run_compare(
     quiet: bool = False,
     overrides: Sequence = (),
     log: Callable[[str], None] = print,
+    data_root: Optional[str] = None,
+    num_workers: int = 0,
+    image_size: int = 224,
+    pipeline: str = "official",
 ) -> dict:
     """Trains and evaluates every method for every seed; writes results.{csv,md,json} and PNGs to `out`.
 
@@ -105,7 +111,9 @@ def run_compare(
     if not seeds:
         raise ValueError("--seeds is empty")
     configs = prepare_runs(dataset, names, epochs=epochs, preset=preset, overrides=overrides)
-    splits = {s: load_dataset(dataset, train_classes, seed=s) for s in seeds}  # raises on bad classes
+    disk = ({"root": data_root, "image_size": image_size, "pipeline": pipeline} if data_root is not None
+            else {})  # a dataset on disk (cub, cars196, sop, ...)
+    splits = {s: load_dataset(dataset, train_classes, seed=s, **disk) for s in seeds}  # raises on bad classes
     for name, cfg in configs.items():
         if cfg.batch_size > len(splits[seeds[0]].train_labels):
             raise ValueError(f"{name}: batch_size={cfg.batch_size} exceeds the "
@@ -134,8 +142,9 @@ def run_compare(
             cls = get_method(name)
             torch.manual_seed(seed)
             method = cls(configs[name], data_info(split))
-            run = RunConfig(dataset=dataset, train_classes=tuple(split.train_classes), seed=seed, device=device,
-                            quiet=quiet)
+            run = RunConfig(dataset=dataset, train_classes=tuple(split.train_classes) if not disk else None,
+                            seed=seed, device=device, quiet=quiet, data_root=data_root, num_workers=num_workers,
+                            image_size=image_size, pipeline=pipeline)
             record = {"method_config": asdict(configs[name]), "run_config": asdict(run),
                       "model_info": asdict(data_info(split))}
             log(f"--- {name} (seed {seed}, {configs[name].epochs} epochs)")

@@ -74,6 +74,20 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def __getitem__(self, index):
+        """A slice / index list / index tensor -> the `ImageFiles` of those images (sharding code slices
+        image sets); an int -> that image for display: (3, S, S) float in [0, 1], its evaluation crop
+        without the normalisation (report grids)."""
+        if isinstance(index, slice):
+            return self.subset(range(len(self.paths))[index])
+        if isinstance(index, torch.Tensor) and index.dim() == 0:
+            index = int(index)
+        if isinstance(index, int):
+            from .transforms import display_transform, eval_spec
+
+            return display_transform(eval_spec(self))(self.open(index))
+        return self.subset(torch.as_tensor(index, dtype=torch.long).tolist())
+
     @property
     def shape(self) -> tuple:
         """(N, 3, S, S): what a tensor of these images would be after the evaluation transform."""

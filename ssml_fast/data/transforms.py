@@ -131,6 +131,14 @@ def build_transform(spec: ViewSpec):
     return v2.Compose(ops)
 
 
+def display_transform(spec: ViewSpec):
+    """The geometry of `spec` only (no randomness expected), to a float (3, H, W) tensor in [0, 1]."""
+    from torchvision.transforms import v2
+
+    geometry = build_transform(spec).transforms[1:-2]  # between ToImage and ToDtype / Normalize
+    return v2.Compose([v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True)])
+
+
 def eval_spec(files) -> ViewSpec:
     """The evaluation view of an `ImageFiles` (its eval_pipeline at its image_size / resize)."""
     return preset(files.eval_pipeline, files.image_size, files.resize)

@@ -19,6 +19,16 @@ hooks below, in this order:
             method.on_epoch_end(epoch, ctx)
     method.embed(x)                                     # the evaluation embedding
 
+File-backed datasets (CUB, Cars196, SOP, ..., `ssml_fast.data.files`) do not go through `views()`: their
+images are decoded and augmented in DataLoader workers, and a step gets the views `view_specs(stage)`
+names, one view per entry, each a preset of `ssml_fast.data.transforms` (e.g. "dml", "simclr",
+"dino_local"; the run's "thesis" pipeline swaps the augmented ones for the thesis's crop). The default
+derives them from the method itself: as many views as `views()` returns on a probe batch, each "simclr"
+when the config's `augment` is "strong" (the SSL methods' colour-distorted views) and "dml" otherwise
+(RandomResizedCrop(scale 0.16-1) + flip, STML's). Methods whose views differ in kind override it
+(Spreading's unaugmented anchor, DINO's local crops, InsCLR's per-stage views). The bundled in-memory
+datasets keep the batched GPU `views()` path.
+
 Each method has a config dataclass (`Config`) whose defaults are the official code's (METHODS.md), and
 presets (e.g. "small" for the bundled 28 x 28 data). The optimisation fields every method shares live in
 `MethodConfig`, so the trainer reads them without knowing the method.
@@ -221,6 +231,14 @@ class Method(nn.Module):
     def views(self, images: torch.Tensor, generator: torch.Generator) -> list:
         """The inputs of one step; default: one augmented view."""
         return [self.augment(images, generator)]
+
+    def view_specs(self, stage: Optional[Stage] = None) -> list:
+        """Preset names (ssml_fast.data.transforms) of the views of one step on file-backed data; see the
+        module docstring. Default: `views()`'s count of "simclr" (augment "strong") or "dml" views."""
+        c, h, w = self.data.image_shape
+        with torch.no_grad():
+            n = len(self.views(torch.zeros(2, c, min(h, 32), min(w, 32)), torch.Generator().manual_seed(0)))
+        return ["simclr" if self.config.augment == "strong" else "dml"] * n
 
     def training_step(self, batch: Batch) -> StepOutput:
         raise NotImplementedError

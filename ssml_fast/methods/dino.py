@@ -238,6 +238,10 @@ class DINO(Method):
                                        align_corners=False, antialias=True))
         return crops
 
+    def view_specs(self, stage=None) -> list:
+        # Official multi-crop: global crops at the full size, local crops at 96 / 224 of it.
+        return ["dino_global"] * self.config.n_global + ["dino_local"] * self.config.n_local
+
     def training_step(self, batch: Batch) -> StepOutput:
         c = self.config
         views = batch.views

@@ -383,6 +383,11 @@ class InsCLR(Method):
             return [self.impr_augment(images, generator), images]
         return [self.augment(images, generator)]
 
+    def view_specs(self, stage=None) -> list:
+        # Official GLDv2 configs: base 224 scale (0.75, 1.33); impr 448 scale (0.4, 1) plus the no-aug 512 view.
+        kind = stage.options["kind"] if stage is not None else self._kind()
+        return ["insclr_impr", "insclr_noaug"] if kind == "impr" else ["insclr"]
+
     def _generator(self) -> torch.Generator:
         """Randomness of the memory draws, replayed from (seed, stage, step) on resume."""
         index = int(self.pool_stage)

@@ -73,6 +73,10 @@ class Spreading(Method):
         first = self.augment(images, generator) if self.config.augment_anchor else images
         return [first, self.augment(images, generator)]
 
+    def view_specs(self, stage=None) -> list:
+        # The official pre-resized 256 x 256 images, RandomCrop + flip (unaugmented anchor: centre crop).
+        return ["spreading" if self.config.augment_anchor else "spreading_center", "spreading"]
+
     def training_step(self, batch: Batch) -> StepOutput:
         x, x_aug = batch.views
         f = self(torch.cat([x, x_aug]))  # one forward: BN statistics over both views, as the official code

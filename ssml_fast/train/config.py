@@ -8,6 +8,10 @@ from typing import Optional
 @dataclass
 class RunConfig:
     dataset: str = "mnist5k"
+    data_root: Optional[str] = None  # directory of a file-backed dataset (cub, cars196, sop, ..., folder)
+    image_size: int = 224            # file-backed: crop size (224; 227 for GoogLeNet as in the thesis)
+    pipeline: str = "official"       # file-backed: official (each method's views) | thesis (256 -> crop + flip)
+    num_workers: int = 0             # file-backed: DataLoader workers decoding / augmenting images
     train_classes: Optional[tuple[int, ...]] = None  # default: the dataset's (mnist5k: 0-4)
     val_mode: str = "samples"        # samples | classes | none: validation carved from the training classes
     val_fraction: float = 0.1
@@ -31,6 +35,12 @@ class RunConfig:
             raise ValueError(f"select must be last or best, got {self.select!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.pipeline not in ("official", "thesis"):
+            raise ValueError(f"pipeline must be official or thesis, got {self.pipeline!r}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -26,6 +26,7 @@ import torch
 from ..methods.base import Batch, DataInfo, Method
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
+from .data_path import TrainData, is_file_backed
 from .evaluate import embed_images, evaluate_method
 from .log import RunLogger
 from .optim import build_optimizer, build_scheduler
@@ -100,7 +101,10 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(run.device)
         self.method.to(self.device)
-        self.train_images = split.train_images.to(self.device)
+        if is_file_backed(split.train_images):  # decoded in DataLoader workers (train/data_path.py)
+            self.split = split = split.with_loader(run.num_workers, self.device.type == "cuda")
+        self.data = TrainData(split, self.device)
+        self.train_images = self.data.images
         self.train_labels = split.train_labels.to(self.device)
         self.config_record = config_record or {}
         self.ctx = _Context(self)
@@ -197,6 +201,7 @@ class Trainer:
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
+            self.data.close()
             self.logger.close()
         train_seconds = sum(r["seconds"] for r in self.history)
         return self._finish(train_seconds, time.perf_counter() - start)
@@ -240,13 +245,8 @@ class Trainer:
         if bar is not None and skip:
             bar.update(skip)
         n_images = 0
-        for step, indices in enumerate(sampler):
-            if step < skip:
-                continue
-            idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-            x = self.train_images[idx]
-            batch = Batch(views=method.views(x, gen),
-                          labels=self.train_labels[idx] if method.uses_labels else None, index=idx)
+        for step, idx, views in self.data.steps(method, stage, s_idx, epoch, run.seed, sampler, skip, gen):
+            batch = Batch(views=views, labels=self.train_labels[idx] if method.uses_labels else None, index=idx)
             with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = method.training_step(batch)
             loss = out.loss
@@ -267,7 +267,7 @@ class Trainer:
             self.scheduler.step()
             method.after_step(batch, out)
             self.global_step += 1
-            n_images += len(indices)
+            n_images += len(idx)
             sums["loss"] += loss.detach().double()
             counts["loss"] += 1
             for k, v in out.logs.items():
@@ -326,7 +326,9 @@ class Trainer:
             method.load_state_dict(load_checkpoint(self.out_dir / "best.pt")["method"])
         val = (evaluate_method(method, self.split.val_images, self.split.val_labels, self.device)
                if len(self.split.val_labels) > 1 else {})
-        test = evaluate_method(method, self.split.test_images, self.split.test_labels, self.device)
+        # A training-only dataset (GLDv2) has no test part: it is evaluated on rOxford5k / rParis6k.
+        test = (evaluate_method(method, self.split.test_images, self.split.test_labels, self.device)
+                if len(self.split.test_labels) > 1 else {})
         return {"history": self.history, "val": val, "test": test, "best": self.best,
                 "train_seconds": train_seconds, "wall_seconds": wall_seconds}
 
