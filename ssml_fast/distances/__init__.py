@@ -17,7 +17,7 @@ from .. import ops
 from ..ops import _checks
 
 __all__ = ["BaseDistance", "LpDistance", "CosineSimilarity", "DotProductSimilarity", "CosineDistance",
-           "resolve", "fused_metric"]
+           "resolve", "fused_metric", "MahalanobisMetric"]
 
 
 class BaseDistance(nn.Module):
@@ -216,3 +216,6 @@ def matrix(d, emb: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tenso
     if ref is None and not isinstance(d, BaseDistance):
         return d(emb)
     return d(emb, ref)
+
+
+from .mahalanobis import MahalanobisMetric  # noqa: E402  (subclasses BaseDistance above)

@@ -39,3 +39,12 @@ from .subcenter_arcface_loss import SubCenterArcFaceLoss
 
 __all__ += ["ArcFaceLoss", "CenterLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss", "NormalizedSoftmaxLoss",
             "SoftTripleLoss", "SphereFaceLoss", "SubCenterArcFaceLoss"]
+
+# Issue 12, pair / tuple family.
+from .angular_loss import AngularLoss
+from .circle_loss import CircleLoss
+from .log_ratio_loss import LogRatioLoss
+from .margin_loss import MarginLoss
+from .supcon_loss import SupConLoss
+
+__all__ += ["AngularLoss", "CircleLoss", "LogRatioLoss", "MarginLoss", "SupConLoss"]

@@ -26,6 +26,11 @@ LOSSES = {
     "soft_triple": "SoftTripleLoss",
     "center": "CenterLoss",
     # issue 12, pair / tuple family
+    "circle": "CircleLoss",
+    "angular": "AngularLoss",
+    "margin": "MarginLoss",
+    "supcon": "SupConLoss",
+    "log_ratio": "LogRatioLoss",
 }
 # loss_kwargs a `method:loss` spec (`supervised:arcface`) starts from: the supervised method's own choice
 # where it has one, otherwise the loss's defaults (PML's where PML has the loss).
