@@ -144,7 +144,7 @@ def setup(name, B=7, C=4, D=3, seed=0):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_value_and_gradients_match_plain_reference(name, seed):
     loss, x, y = setup(name, seed=seed)
     xa = x.clone().requires_grad_(True)
@@ -234,7 +234,7 @@ def test_matches_pml_on_random_configurations(name):
     import numpy as np
 
     r = np.random.default_rng(12)
-    for trial in range(3):
+    for trial in range(2):
         C, D, B = int(r.integers(2, 12)), int(r.integers(2, 24)), int(r.integers(1, 40))
         ours, pml = _pml_pair(name, C, D, PML_CONFIGS[name](r), seed=trial)
         g = torch.Generator().manual_seed(trial)
