@@ -178,6 +178,8 @@ def cmd_eval(args) -> int:
     from .train import embed_images, resolve_device
 
     path = Path(args.checkpoint)
+    if args.revisitop:
+        return _eval_revisitop(args, path)
     method, split, state = load_trained(path)
     device = resolve_device("auto")
     method.to(device)
@@ -186,12 +188,41 @@ def cmd_eval(args) -> int:
     pos = state.get("position", {})
     print(f"{path}: method {method.name}, epoch {pos.get('epoch', '?')}; {len(split.test_labels)} test images "
           f"of unseen classes {split.test_classes}")
+    gallery = getattr(split.test_images, "gallery_mask", None)
+    if gallery is not None:  # In-Shop: queries search the gallery
+        print(f"{metric:>9}: {_metrics_line(retrieval_metrics(emb[~gallery], split.test_labels[~gallery], metric=metric, gallery=emb[gallery], gallery_labels=split.test_labels[gallery]))}")
+        return 0
     print(f"{metric:>9}: {_metrics_line(retrieval_metrics(emb, split.test_labels, metric=metric))}")
     if args.rerank:
         rerank = {"k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value}
         reranked = _checked(retrieval_metrics, emb, split.test_labels, metric=metric, nmi=False, rerank=rerank)
         print(f" reranked: {_metrics_line(reranked)}  (k-reciprocal, k1={args.k1}, k2={args.k2}, "
               f"lambda={args.lambda_value})")
+    return 0
+
+
+def _eval_revisitop(args, path: Path) -> int:
+    """`eval --revisitop roxford5k,rparis6k --data-root DIR`: Easy / Medium / Hard mAP (thesis tables 7-9)."""
+    from .train import resolve_device
+    from .train.restore import restore_method
+    from .train.revisitop_eval import evaluate_revisitop
+
+    names = [n.strip() for n in args.revisitop.split(",") if n.strip()]
+    bad = [n for n in names if n not in ("roxford5k", "rparis6k")]
+    if not names or bad:
+        raise UsageError(f"--revisitop expects roxford5k and/or rparis6k, got {args.revisitop!r}")
+    if args.data_root is None or not Path(args.data_root).is_dir():
+        raise UsageError(f"--revisitop needs --data-root DIR holding {'/, '.join(names)}/ (got {args.data_root!r})")
+    scales = [float(s) for s in args.scales.split(",")] if args.scales else None
+    method, _info, _state = _checked(restore_method, path)
+    device = resolve_device("auto")
+    method.to(device)
+    for name in names:
+        kw = {"scales": scales} if scales else {}
+        m = _checked(evaluate_revisitop, method, args.data_root, name, device, max_size=args.max_size,
+                     num_workers=args.num_workers, **kw)
+        print(f"{name}: mAP easy {100 * m['easy']:.2f}  medium {100 * m['medium']:.2f}  hard {100 * m['hard']:.2f}  "
+              f"(mP@10 E/M/H {100 * m['easy_mP@10']:.2f} / {100 * m['medium_mP@10']:.2f} / {100 * m['hard_mP@10']:.2f})")
     return 0
 
 
@@ -401,6 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k1", type=int, default=20)
     e.add_argument("--k2", type=int, default=6)
     e.add_argument("--lambda-value", type=float, default=0.3)
+    e.add_argument("--revisitop", metavar="NAMES", help="roxford5k,rparis6k: Easy / Medium / Hard mAP on the "
+                   "revisited Oxford / Paris sets under --data-root (GLDv2-trained models)")
+    e.add_argument("--data-root", metavar="DIR", help="with --revisitop: the directory holding roxford5k/, rparis6k/")
+    e.add_argument("--scales", help="with --revisitop: comma-separated scales (default 1,0.7071,0.5)")
+    e.add_argument("--max-size", type=int, default=1024, help="with --revisitop: long side cap (default 1024)")
+    e.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding the images")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="the main job: every method + baselines on one split, one table")

@@ -29,7 +29,7 @@ def test_cub_classes_1_100_train_101_200_test(tmp_path):
     assert len(s.train_images) == 6 and len(s.test_images) == 6
     assert s.train_labels.tolist() == [1, 1, 1, 2, 2, 2]
     assert all("images/001.Bird_1" in str(p) for p in s.train_images.paths[:3])
-    assert s.image_shape == (3, 224, 224) and (s.mean, s.std) == (0.0, 1.0)
+    assert s.image_shape == (3, 224, 224) and (s.mean, s.std) == (0.449, 0.226)
 
 
 def test_cub_validation_is_carved_from_training_classes(tmp_path):

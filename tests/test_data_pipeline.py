@@ -8,7 +8,6 @@ import torch
 import _data_trees as trees
 from conftest import interrupt_after
 from ssml_fast.data import load_dataset
-from ssml_fast.data.files import IMAGENET_MEAN, IMAGENET_STD
 from ssml_fast.data.pipeline import KeyedBatchSampler, TrainViews, item_seed, train_loader
 from ssml_fast.data.transforms import PRESETS, ViewSpec, build_transform, preset
 from ssml_fast.methods import get_method, make_config
@@ -40,9 +39,8 @@ def test_every_preset_builds_and_normalises():
         out = build_transform(spec)(_img())
         assert out.dtype == torch.float32 and out.shape[0] == 3
         assert out.shape[1:] == ((512, 512) if name == "insclr_noaug" else (spec.size, spec.size)), name
-    x = build_transform(preset("eval", 16, 20))(_img(51))  # a constant image: the normalisation alone
-    want = torch.tensor([(0.2 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
-    torch.testing.assert_close(x.mean((1, 2)), want, atol=2e-3, rtol=0)
+    x = build_transform(preset("eval", 16, 20))(_img(51))  # [0, 1]: the trunk normalises
+    torch.testing.assert_close(x, torch.full((3, 16, 16), 0.2), atol=1e-6, rtol=0)
     assert preset("dino_local", 224).size == 96 and preset("insclr_impr", 224).size == 448
     assert preset("dml").scale == (0.16, 1.0) and preset("insclr").scale == (0.75, 1.33)
     with pytest.raises(ValueError, match="view preset 'nope' is unknown"):
@@ -164,3 +162,21 @@ def test_image_files_slice_and_display(folder):
     assert len(t[2:5]) == 3 and t[2:5].paths == t.paths[2:5] and len(t[torch.tensor([0, 3])]) == 2
     img = t[0]
     assert img.shape == (3, 16, 16) and 0 <= float(img.min()) and float(img.max()) <= 1
+
+
+def test_revisitop_evaluation_multiscale(tmp_path, capsys):
+    from ssml_fast.cli import main
+    from ssml_fast.train.revisitop_eval import evaluate_revisitop
+    trees.revisitop(tmp_path, "roxford5k")
+    info = data_info(type("S", (), {"image_shape": (3, 16, 16), "mean": 0.449, "std": 0.226,
+                                    "train_labels": [0] * 16, "train_classes": [0, 1]})())
+    torch.manual_seed(0)
+    m = get_method("supervised")(make_config("supervised", "small", [("t", {"batch_size": 8, "pool": "gap"})]), info)
+    out = evaluate_revisitop(m, tmp_path, "roxford5k", "cpu", scales=(1.0, 0.75), max_size=64)
+    assert all(0 <= out[p] <= 1 for p in ("easy", "medium", "hard")) and "medium_mP@10" in out
+    # An embedding that is the mean colour ranks the database by brightness: the AP follows by hand.
+    m.embed = lambda x: torch.stack([x.mean((1, 2, 3)), torch.ones(len(x))], 1)
+    out = evaluate_revisitop(m, tmp_path, "roxford5k", "cpu", scales=(1.0,), max_size=32)
+    assert out["hard"] == pytest.approx(1.0)  # q_0 (grey 100, hard = db_2 at 110): its nearest by angle
+    assert main(["eval", str(tmp_path / "none.pt"), "--revisitop", "oxford"]) == 2
+    assert "--revisitop expects roxford5k and/or rparis6k" in capsys.readouterr().err

@@ -5,9 +5,10 @@ GLDv2, image folders) are too large for that, so their split holds `ImageFiles` 
 (`train_images`, `val_images`, `test_images`). `ImageFiles` is decoded lazily in DataLoader workers
 (`ssml_fast.data.pipeline`): the trainer and `embed_images` recognise it and stream it.
 
-Images are decoded with PIL and converted to RGB. The pipelines normalise with the ImageNet mean / std
-inside the transform (as torchvision's pretrained backbones expect), so a file split reports mean 0 and
-std 1 to the model (`DataInfo`), and every backbone sees the same inputs.
+Images are decoded with PIL and converted to RGB; the pipelines give float tensors in [0, 1] and the trunk
+normalises them (ssml_fast.models): pretrained weights with the statistics they were trained with, a
+network from scratch with the split's `mean` / `std`, here the ImageNet statistics averaged over the
+channels (0.449 / 0.226: one number, as the small CNN takes).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_GREY_MEAN = 0.449  # channel means of the two above
+IMAGENET_GREY_STD = 0.226
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 # Checking that every listed file exists costs one stat per file: for the million-image sets a sample.
 _EXISTENCE_CHECK_LIMIT = 200_000
@@ -83,9 +86,9 @@ class ImageFiles:
         if isinstance(index, torch.Tensor) and index.dim() == 0:
             index = int(index)
         if isinstance(index, int):
-            from .transforms import display_transform, eval_spec
+            from .transforms import build_transform, eval_spec
 
-            return display_transform(eval_spec(self))(self.open(index))
+            return build_transform(eval_spec(self))(self.open(index))
         return self.subset(torch.as_tensor(index, dtype=torch.long).tolist())
 
     @property
@@ -138,8 +141,8 @@ class FileSplit:
     train_classes: list
     test_classes: list
     val_classes: list
-    mean: float = 0.0
-    std: float = 1.0
+    mean: float = IMAGENET_GREY_MEAN
+    std: float = IMAGENET_GREY_STD
     val_mode: str = "samples"
     seed: int = 0
     pipeline: str = "official"

@@ -1,7 +1,8 @@
 """Image pipelines for file-backed datasets (torchvision.transforms.v2), as the official codes build them.
 
 A `ViewSpec` describes one view; `build_transform(spec)` turns it into a v2 pipeline from a PIL RGB image
-to a normalised float32 (3, H, W) tensor (ImageNet mean / std; see `files.py`). Kinds:
+to a float32 (3, H, W) tensor in [0, 1]; the trunk normalises it (ssml_fast.models: ImageNet statistics for
+pretrained weights, the split's mean / std from scratch). Kinds:
 - "rrc": RandomResizedCrop(size, scale, ratio) [+ flip] [+ colour jitter p, grayscale p, blur p, solarize p];
 - "crop": Resize((resize, resize)) (square, aspect not kept) + RandomCrop(size) [+ flip]: the thesis's and
   the Spreading code's pre-resized 256 x 256 images;
@@ -30,8 +31,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-
-from .files import IMAGENET_MEAN, IMAGENET_STD
 
 KINDS = ("rrc", "crop", "center", "square_center", "resize", "revisitop")
 
@@ -102,7 +101,7 @@ def thesis_view(spec_name: str) -> str:
 
 
 def build_transform(spec: ViewSpec):
-    """PIL RGB image -> (3, H, W) float32 tensor, normalised, through torchvision.transforms.v2."""
+    """PIL RGB image -> (3, H, W) float32 tensor in [0, 1], through torchvision.transforms.v2."""
     from torchvision.transforms import v2
 
     ops = [v2.ToImage()]
@@ -127,16 +126,8 @@ def build_transform(spec: ViewSpec):
         ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=spec.blur_sigma)], p=spec.blur_p))
     if spec.solarize_p:
         ops.append(v2.RandomSolarize(128, p=spec.solarize_p))
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    ops.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(ops)
-
-
-def display_transform(spec: ViewSpec):
-    """The geometry of `spec` only (no randomness expected), to a float (3, H, W) tensor in [0, 1]."""
-    from torchvision.transforms import v2
-
-    geometry = build_transform(spec).transforms[1:-2]  # between ToImage and ToDtype / Normalize
-    return v2.Compose([v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True)])
 
 
 def eval_spec(files) -> ViewSpec:
