@@ -91,7 +91,10 @@ SPECIAL_LOSSES = {
     "SelfSupervisedLoss": _other_inputs_self_supervised,
 }
 # Constructor arguments of the default case, where the defaults do not fit the small test batches.
-DEFAULT_KWARGS = {"STMLLoss": dict(k=1), "SelfSupervisedLoss": dict(loss=L.TripletMarginLoss())}
+DEFAULT_KWARGS = {"STMLLoss": dict(k=1), "SelfSupervisedLoss": dict(loss=L.TripletMarginLoss()),
+                  # the paper's centre update moves the centres in every training forward (stateful by design,
+                  # tests/test_losses_proxy_family.py checks it); these cases call one instance repeatedly
+                  "CenterLoss": dict(center_update="gradient")}
 NOT_LOSSES = {"MetricLoss", "relative_distance"}  # the base class; a helper function (tested via its losses)
 NOT_MINERS = {"BaseMiner"}
 
