@@ -258,7 +258,7 @@ def test_smooth_ap_accepts_a_valid_indices_tuple_with_ref_emb():
 
 def test_smooth_ap_inside_cross_batch_memory_matches_the_plain_formula():
     torch.manual_seed(0)
-    xbm = CrossBatchMemory(L.SmoothAPLoss(0.1), memory_size=20)
+    xbm = CrossBatchMemory(L.SmoothAPLoss(0.1), memory_size=20, reference_grad=True)  # the plain formula differentiates the batch rows of the reference too
     memory_x, memory_y = [], []
     for step in range(3):
         x, y = labelled_batch(6, dtype=torch.float64, seed=step)

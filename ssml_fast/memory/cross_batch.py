@@ -12,9 +12,12 @@ image) are distinct rows and do pair with each other.
 The exclusion itself is the loss base class's (`MetricLoss(..., ref_starts_with_batch=True)`): without a
 miner every pair of the reference but the self pairs (PML's convention; TripletMarginLoss runs its fused op
 with the diagonal excluded instead), with a miner its tuple minus the self pairs. A loss that is not an
-ssml_fast MetricLoss (e.g. one of PML's) gets the same pairs as an explicit indices_tuple.
+loss whose forward does not take `ref_starts_with_batch` (one of PML's, or a subclass that overrides forward)
+gets the same pairs as an explicit indices_tuple.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
@@ -35,6 +38,17 @@ def _concat(t1, t2, labels):
         pi, ni = torch.where(a1[:, None] == a2[None, :])
         t2 = (a1[pi], p[pi], n[ni])
     return tuple(torch.cat([x, y.to(x.device).long()]) for x, y in zip(t1, t2))
+
+
+def _takes_ref_starts_with_batch(loss) -> bool:
+    """Does loss(...) accept the base class's ref_starts_with_batch keyword (ours, through MetricLoss.forward)?"""
+    if not isinstance(loss, MetricLoss):
+        return False
+    try:
+        params = inspect.signature(loss.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "ref_starts_with_batch" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class CrossBatchMemory(nn.Module):
@@ -70,6 +84,7 @@ class CrossBatchMemory(nn.Module):
         if not callable(loss):
             raise TypeError(f"loss must be a callable loss module, got {type(loss).__name__}")
         self.loss = loss
+        self._loss_excludes_self = _takes_ref_starts_with_batch(loss)
         self.memory_size = _validation.check_size("memory_size", memory_size)
         self.miner = miner
         if not isinstance(reference_grad, bool):
@@ -156,7 +171,7 @@ class CrossBatchMemory(nn.Module):
     def _self_reference_loss(self, embeddings, labels, ids, indices_tuple):
         ref_emb, ref_labels = self.reference(embeddings, labels, ids)
         mined = None if self.miner is None else self.miner(embeddings, labels, ref_emb, ref_labels)
-        if indices_tuple is None and isinstance(self.loss, MetricLoss):
+        if indices_tuple is None and self._loss_excludes_self:
             # The loss removes the self pairs (from the mined tuple, or from every pair of the reference).
             return self.loss(embeddings, labels, mined, ref_emb, ref_labels, ref_starts_with_batch=True)
         # PML's order: the self pairs leave the mined (or all) pairs, then the caller's tuple is merged as given.
