@@ -1,7 +1,32 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-import ssml_fast  # noqa: F401  (loads the extension and registers the ops)
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_ssml_fast():
+    """Imports the package under test (loading the extension and registering the ops).
+
+    `python -m pytest` from the repo root puts the root first on sys.path, so `import ssml_fast` finds the
+    source folder. With an editable install (scripts/setup.sh) that is the package itself and this is a plain
+    import; after a regular `pip install .` the source folder has no compiled `_C`, and the installed copy is
+    imported instead (the root leaves sys.path, so every test imports that one copy)."""
+    try:
+        import ssml_fast
+    except ImportError as e:
+        if "_C" not in str(e) and getattr(e, "name", None) != "ssml_fast._C":
+            raise
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+        for name in [m for m in sys.modules if m == "ssml_fast" or m.startswith("ssml_fast.")]:
+            del sys.modules[name]
+        import ssml_fast
+    return ssml_fast
+
+
+ssml_fast = _import_ssml_fast()
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
