@@ -291,7 +291,8 @@ def test_parity_large_batch_float32_paths():
     x = torch.randn(64, 16, generator=g)
     per_class = torch.arange(64) // 4
     unequal = torch.cat([torch.zeros(24, dtype=torch.long), torch.arange(40) // 3 + 1])
-    for y in (per_class, unequal):
+    shuffled = per_class[torch.randperm(64, generator=g)]  # equal classes, not grouped: a permutation
+    for y in (per_class, shuffled, unequal):
         for o, q in ((L.AngularLoss(), pml_losses.AngularLoss()), (L.CircleLoss(), pml_losses.CircleLoss()),
                      (L.SupConLoss(), pml_losses.SupConLoss())):
             pml_same(lambda e: o(e, y), lambda e: q(e, y), x, rtol=2e-5, atol=1e-5)

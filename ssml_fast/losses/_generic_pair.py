@@ -35,7 +35,9 @@ def zero_dict(*names):
 class ClassBlocks:
     """Samples grouped by label: the anchors (batch rows) of class c occupy block rows c * ka + i of a
     (C * ka, .) matrix, the reference rows c * kp + j (the batch itself: the same rows), classes padded to
-    the largest (ka / kp rows). row_a (B,) / row_p (R,): each sample's block row. Pairs (a, p) are every
+    the largest (ka / kp rows) and numbered by first appearance. row_a (B,) / row_p (R,): each sample's
+    block row; identity_a / identity_p: the rows already are the blocks (equal classes, grouped in order).
+    Pairs (a, p) are every
     same-label pair (a != p for the batch itself), sorted by (a, p) as torch.where on the label mask gives
     them; cls, i, j their block coordinates."""
 
@@ -48,6 +50,13 @@ def class_blocks(labels, ref_labels, self_ref: bool):
     allv = labels if self_ref else torch.cat([labels, ref_labels])
     uniq, inv = torch.unique(allv, return_inverse=True)
     C = uniq.numel()
+    # classes numbered by first appearance, so a batch already grouped by class (a P x K sampler's) maps
+    # onto the blocks without a permutation
+    first = torch.full((C,), allv.numel(), dtype=torch.long, device=allv.device).scatter_reduce_(
+        0, inv, torch.arange(allv.numel(), device=allv.device), "amin")
+    rank = torch.empty_like(first)
+    rank[torch.argsort(first)] = torch.arange(C, device=allv.device)
+    inv = rank[inv]
     ca = inv[:B]
     cnt_a = torch.bincount(ca, minlength=C)
     ka = int(cnt_a.max()) if B else 0
@@ -64,6 +73,9 @@ def class_blocks(labels, ref_labels, self_ref: bool):
     blk.C, blk.ka, blk.kp = C, ka, kp
     blk.row_a = _block_rows(ca, cnt_a, ka)
     blk.row_p = blk.row_a if self_ref else _block_rows(cr, cnt_r, kp)
+    blk.identity_a = C * ka == B and bool((blk.row_a == torch.arange(B, device=labels.device)).all())
+    blk.identity_p = blk.identity_a if self_ref else (
+        C * kp == R and bool((blk.row_p == torch.arange(R, device=labels.device)).all()))
     dev = labels.device
     ii = torch.arange(ka, device=dev)[None, :, None]
     jj = torch.arange(kp, device=dev)[None, None, :]
@@ -119,6 +131,7 @@ def gram_backward(w: torch.Tensor, xq: torch.Tensor, xr: torch.Tensor | None):
     """Gradients of xq xr^T for the (B, R) upstream gradient w: (w xr, w^T xq); for the batch itself
     (w + w^T) xq."""
     if xr is None:
-        # two GEMMs: a transposed add (w + w^T) is a strided pass slower than a GEMM on this class of CPU
-        return torch.addmm(w @ xq, w.T, xq), None
+        # one GEMM; the transpose as a (blocked) contiguous copy, which is far cheaper than a strided add
+        # (measured: 67 ms for copy + add + GEMM vs 93 ms for two GEMMs at B = 1024, D = 128, one thread)
+        return w.T.contiguous().add_(w) @ xq, None
     return w @ xr, w.T @ xq

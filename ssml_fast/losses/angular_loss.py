@@ -98,8 +98,11 @@ class AngularLoss(MetricLoss):
 _UNDERFLOW = {torch.float32: 1e-20, torch.float64: 1e-250}
 
 
-def _to_blocks(M, rows, n_rows, k, C):
+def _to_blocks(M, rows, identity, k, C):
     """The rows of M placed at their block rows -> (C, k, cols), zero padding rows."""
+    n_rows = C * k
+    if identity:
+        return M.view(C, k, M.shape[1])
     if rows.numel() == n_rows:  # no padding: a permutation
         inv = torch.empty_like(rows)
         inv[rows] = torch.arange(rows.numel(), device=rows.device)
@@ -143,8 +146,8 @@ def _core_forward(ctx, G, H, c, a, p, excl, exclH, k4, k2, same_label, blocks):
         A, mG, has_neg = _shifted_exp(G, excl, k4)
         Bm, mH, _ = (A, mG, None) if H is None else _shifted_exp(H, exclH, k4)
         if blocks is not None:
-            Ab = _to_blocks(A, blocks.row_a, blocks.C * blocks.ka, blocks.ka, blocks.C)
-            Bb = Ab if H is None else _to_blocks(Bm, blocks.row_p, blocks.C * blocks.kp, blocks.kp, blocks.C)
+            Ab = _to_blocks(A, blocks.row_a, blocks.identity_a, blocks.ka, blocks.C)
+            Bb = Ab if H is None else _to_blocks(Bm, blocks.row_p, blocks.identity_p, blocks.kp, blocks.C)
             E = torch.bmm(Ab, Bb.transpose(1, 2))[blocks.cls, blocks.i, blocks.j]
             ctx.blocks, ctx.slots = blocks, None
         else:
@@ -181,11 +184,14 @@ def _core_backward(ctx, g):
         b = ctx.blocks
         Ab, Bb = blk
         Q = q.new_zeros(b.C, b.ka, b.kp).index_put_((b.cls, b.i, b.j), q, accumulate=True)
+        def rows_of(blockmat, rows, identity):
+            flat = blockmat.view(-1, blockmat.shape[2])
+            return flat if identity else flat.index_select(0, rows)
         if ctx.self_ref:
-            T = torch.bmm(Q + Q.transpose(1, 2), Ab).view(-1, A.shape[1]).index_select(0, b.row_a)
+            T = rows_of(torch.bmm(Q + Q.transpose(1, 2), Ab), b.row_a, b.identity_a)
             return T.mul_(A).mul_(k4), None, dc
-        T = torch.bmm(Q, Bb).view(-1, A.shape[1]).index_select(0, b.row_a)
-        U = torch.bmm(Q.transpose(1, 2), Ab).view(-1, Bm.shape[1]).index_select(0, b.row_p)
+        T = rows_of(torch.bmm(Q, Bb), b.row_a, b.identity_a)
+        U = rows_of(torch.bmm(Q.transpose(1, 2), Ab), b.row_p, b.identity_p)
         return T.mul_(A).mul_(k4), U.mul_(Bm).mul_(k4), dc
     T = torch.zeros_like(A)
     U = T if ctx.self_ref else torch.zeros_like(Bm)  # the batch itself: dG and dH are one matrix
@@ -205,7 +211,7 @@ def _core_backward(ctx, g):
 class _AngularSelf(torch.autograd.Function):
     """The batch itself from xhat (B, D) (normalised rows) and the norms n (B,): S = xhat xhat^T,
     G = S diag(n) (x_n = n_n xhat_n), c = S[a, p]; backward dS = dG diag(n) (+ dc on the pairs),
-    dxhat = dS xhat + dS^T xhat, dn = column sums of dG * S."""
+    dxhat = (dS + dS^T) xhat (one GEMM), dn = column sums of dG * S."""
 
     @staticmethod
     def forward(ctx, xa, n, a, p, excl, k4, k2, same_label, blocks):
@@ -222,7 +228,7 @@ class _AngularSelf(torch.autograd.Function):
         dG, _, dc = _core_backward(ctx, g)
         dn = (dG * S).sum(dim=0)
         dS = dG.mul_(n[None, :]).index_put_((a, p), dc, accumulate=True)
-        return torch.addmm(dS @ xa, dS.T, xa), dn, None, None, None, None, None, None, None
+        return dS.T.contiguous().add_(dS) @ xa, dn, None, None, None, None, None, None, None
 
 
 class _AngularRef(torch.autograd.Function):
