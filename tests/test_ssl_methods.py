@@ -32,7 +32,7 @@ TINY = {
     "moco": {"queue_size": 64},
     "byol": {"hidden_dim": 32, "projection_dim": 16},
     "simsiam": {"projection_dim": 32, "predictor_dim": 8},
-    "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "n_local": 2, "local_size": 8,
+    "dino": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "pool": "gap", "n_local": 2, "local_size": 8,
              "warmup_teacher_temp_epochs": 2, "freeze_last_layer": 1},
     "barlow_twins": {"projector_dim": 32},
     "vicreg": {"expander_dim": 32},
@@ -283,16 +283,35 @@ def test_dino_views_are_global_then_local_crops_at_the_local_size():
     from ssml_fast.methods import DataInfo
 
     data = DataInfo(image_shape=(1, 28, 28), mean=0.1, std=0.3, num_train=64, train_classes=(0, 1))
-    cfg = make_config("dino", "small", [("test", {"batch_size": 16, "n_local": 3, "local_size": 12})])
+    cfg = make_config("dino", "small", [("test", {"batch_size": 16, "pool": "gap", "n_local": 3, "local_size": 12})])
     m = DINO(cfg, data)
     views = m.views(torch.rand(4, 1, 28, 28), torch.Generator().manual_seed(0))
     assert [tuple(v.shape[-2:]) for v in views] == [(28, 28)] * 2 + [(12, 12)] * 3
     out = m.training_step(Batch(views, None, torch.arange(4)))
     assert torch.isfinite(out.loss)
     with pytest.raises(ValueError, match="local_size=7"):
-        DINO(make_config("dino", "small", [("test", {"batch_size": 16, "local_size": 7})]), data)
+        DINO(make_config("dino", "small", [("test", {"batch_size": 16, "pool": "gap", "n_local": 2, "local_size": 7})]),
+             data)
     assert m.global_augment.scale == pytest.approx((1.0, 1 / math.sqrt(0.5)))
     assert m.local_augment.scale == pytest.approx((1 / math.sqrt(0.3), 1 / math.sqrt(0.2)))
+
+
+def test_dino_small_preset_teacher_output_is_not_uniform_after_centring(split):
+    # Regression (issue 13): without BN in the head the small CNN's features (pairwise cosine ~0.97) gave
+    # nearly identical teacher logits, so after centring the teacher distribution was close to uniform at
+    # init and training collapsed to it (entropy -> log K). The preset's BN head keeps it well below log K.
+    def centred_entropy(**kw):
+        torch.manual_seed(0)
+        m = DINO(make_config("dino", "small", [("test", {"batch_size": 64, **kw})]), data_info(split)).train()
+        with torch.no_grad():
+            t = m.teacher(split.train_images[:64])
+            q = F.softmax((t - t.mean(0)) / m.teacher_temp(), dim=1)
+        return float(-(q * q.clamp_min(1e-30).log()).sum(1).mean()), math.log(t.shape[1])
+
+    h, log_k = centred_entropy()
+    assert h < log_k - 2.0
+    h_no_bn, _ = centred_entropy(use_bn_in_head=False)
+    assert h_no_bn > log_k - 1.2
 
 
 @pytest.mark.parametrize("name, momentum_field", [("byol", "tau_base"), ("moco", "moco_momentum")])
@@ -406,7 +425,7 @@ def test_mid_epoch_resume_is_bit_identical(name, split, tmp_path):
     ("moco", {"queue_size": 0}, "queue_size"), ("moco", {"temperature": 0.0}, "temperature"),
     ("moco", {"queue_init": "zeros"}, "queue_init"), ("moco", {"head": "deep"}, "head"),
     ("byol", {"tau_base": 1.5}, "tau_base"),
-    ("dino", {"pool": "flatten"}, "global pool"), ("dino", {"local_area": (0.5, 0.2)}, "local_area"),
+    ("dino", {"pool": "flatten", "n_local": 2}, "global pool"), ("dino", {"local_area": (0.5, 0.2)}, "local_area"),
     ("dino", {"n_global": 1, "n_local": 0}, "n_global"), ("dino", {"teacher_temp": 0.0}, "teacher_temp"),
     ("barlow_twins", {"lambd": -1.0}, "lambd"), ("vicreg", {"std_coeff": -1.0}, "std_coeff"),
 ])

@@ -14,21 +14,31 @@ evaluation uses the teacher backbone).
 
 Official defaults: out_dim 65,536, head hidden 2048, bottleneck 256, 3 layers (GELU), 2 global crops
 (area 40-100 % at 224) + 8 local (5-40 % at 96), teacher temperature 0.04 -> 0.07 over 30 epochs (the
-paper's recommended warm-up), student 0.1, centre momentum 0.9, EMA 0.996 -> 1 (cosine per iteration),
-AdamW lr 0.0005 x B / 256, 10 warm-up epochs then cosine, gradient clipping 3.0, the last layer frozen
-during the first epoch, 100 epochs. Deviations: weight decay is constant 0.04 (official: cosine 0.04 ->
+paper's recommended warm-up; main_dino.py's own defaults are 0.04 without warm-up, the README's "boosted"
+run uses 0.07 / 30), student 0.1, centre momentum 0.9, EMA 0.996 -> 1 (cosine per iteration), AdamW
+lr 0.0005 x B / 256, 10 warm-up epochs then cosine, gradient clipping 3.0, the last layer frozen during the
+first epoch, 100 epochs. Deviations: weight decay is constant 0.04 (official: cosine 0.04 ->
 0.4, the trainer has no weight-decay schedule); the crop areas are given by `global_area` / `local_area`
 and become the library's affine scale (area fraction a is an enlargement of 1 / sqrt(a)); a local crop is
 the augmented full-size image, then resized to `local_size` (antialiased bilinear). The trunk pools
 globally ("gap"), so it accepts both sizes.
 
-"small" preset (28 x 28 MNIST-5k): global crops over 50-100 % of the image at 28 x 28, 4 local crops over
-20-30 % resized to 14 x 14 (the blog post's crop sizes; 96 / 224 ~ 14 / 28), out_dim 1024, head hidden
-256, bottleneck 64, teacher temperature warm-up over 3 of the 10 epochs, no frozen last layer, EMA
-0.99 -> 1, batch 128, Adam 1e-3 one-cycle. NOT YET WORKING: on the validation split of the training
-classes (train 0-2, validate 3-4, seed 0) it gives MAP@R 0.526 / NMI 0.108 (untrained network 0.773),
-and on the mnist5k test classes 0.205 / 0.13: the evaluated teacher trunk collapses. No free choice was
-tuned yet (candidates: trunk pool, teacher evaluation vs student, lr, out_dim, temperatures).
+"small" preset (28 x 28 MNIST-5k): two global crops over 50-100 % of the image and no local crops, the
+flattened CNN trunk, BN in the head (the official `use_bn_in_head`), teacher temperature 0.04 without
+warm-up (the official main_dino.py defaults), out_dim 1024, head hidden 256, bottleneck 64, no frozen last
+layer, EMA 0.99 -> 1, batch 128, Adam 1e-3 one-cycle, 10 epochs. Why (bench/diag_dino.py and
+bench/results_presets.md, validation split of the training classes: train 0-2, validate 3-4): the
+earlier multi-crop preset (global-average-pooled trunk, 4 local crops over 20-30 % at 14 x 14, teacher
+0.04 -> 0.07 over 3 epochs, no BN in the head) collapsed to a uniform teacher output: teacher entropy
+6.90 of log K = 6.93, teacher-student KL 0.009 after 10 epochs, validation MAP@R 0.526. Cause: the small
+CNN's pooled features are nearly parallel (mean pairwise cosine 0.97 at init), so after centring the
+teacher logits hardly differ between images; a lower temperature (0.04 or 0.02) or lr (2.5e-4) did not
+help; BN in the head did (entropy 5.75, KL 0.42). Global pooling itself costs retrieval on 28 x 28
+digits (untrained: 0.55-0.62 pooled vs 0.77 flattened), and a flattened trunk needs every crop at the
+full size, hence no local crops. With this preset DINO trains without collapse (teacher entropy 3.5,
+KL 1.2, loss 6.7 -> 4.7) but still ends below the untrained network on the validation classes (MAP@R
+0.698 vs 0.773 seed 0; bench/results_presets.md). The multi-crop setting stays available
+(`pool="gap", n_local=4, local_size=14`; `pool="flatten"` requires `n_local=0`).
 """
 from __future__ import annotations
 
@@ -94,14 +104,16 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    """MLP (Linear - GELU, nlayers - 1 times, to the bottleneck) -> L2 normalise -> WeightNormLinear."""
+    """MLP (Linear - [BN] - GELU, nlayers - 1 times, to the bottleneck) -> L2 normalise -> WeightNormLinear.
+    `use_bn` is the official `use_bn_in_head` (a BatchNorm1d after every hidden Linear)."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, nlayers: int = 3):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, bottleneck: int, nlayers: int = 3,
+                 use_bn: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         d = in_dim
         for _ in range(nlayers - 1):
-            layers += [nn.Linear(d, hidden), nn.GELU()]
+            layers += [nn.Linear(d, hidden)] + ([nn.BatchNorm1d(hidden)] if use_bn else []) + [nn.GELU()]
             d = hidden
         layers.append(nn.Linear(d, bottleneck))
         self.mlp = nn.Sequential(*layers)
@@ -140,6 +152,7 @@ class DINOConfig(MethodConfig):
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     head_layers: int = 3
+    use_bn_in_head: bool = False     # official option; the small preset needs it (see the module docstring)
     n_global: int = 2
     n_local: int = 8
     global_area: tuple = (0.4, 1.0)  # fraction of the image a global crop covers
@@ -172,7 +185,9 @@ class DINOConfig(MethodConfig):
             (0 <= self.center_momentum <= 1, f"center_momentum must be in [0, 1], got {self.center_momentum}"),
             (0 <= self.momentum_teacher <= 1, f"momentum_teacher must be in [0, 1], got {self.momentum_teacher}"),
             (self.freeze_last_layer >= 0, f"freeze_last_layer must be >= 0, got {self.freeze_last_layer}"),
-            (self.pool != "flatten", "pool must be a global pool (gap, gmp, gap+gmp): local crops are smaller"),
+            (self.pool != "flatten" or self.n_local == 0,
+             "pool='flatten' needs n_local=0 (local crops are smaller than the image); use a global pool "
+             "(gap, gmp, gap+gmp) for multi-crop"),
         ]
         for ok, message in checks:
             if not ok:
@@ -190,10 +205,13 @@ class DINO(Method):
     uses_labels: ClassVar[bool] = False
     presets: ClassVar[dict] = {
         "official": {},
+        # bench/results_presets.md (validation split, issue 13): the multi-crop variant (gap trunk, 4 local
+        # crops at 14 x 14, teacher 0.04 -> 0.07, no BN in the head) collapsed to a uniform teacher output.
         "small": dict(epochs=10, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=1e-4,
                       schedule="onecycle", warmup_epochs=0.0, grad_clip=3.0, out_dim=1024, hidden_dim=256,
-                      bottleneck_dim=64, n_local=4, global_area=(0.5, 1.0), local_area=(0.2, 0.3), local_size=14,
-                      warmup_teacher_temp_epochs=3, freeze_last_layer=0, momentum_teacher=0.99),
+                      bottleneck_dim=64, use_bn_in_head=True, pool="flatten", n_local=0, global_area=(0.5, 1.0),
+                      local_area=(0.2, 0.3), local_size=14, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
+                      freeze_last_layer=0, momentum_teacher=0.99),
     }
 
     def __init__(self, config: DINOConfig, data: DataInfo):
@@ -201,8 +219,10 @@ class DINO(Method):
         self.global_augment = _area_to_scale(self.augment, config.global_area)
         self.local_augment = _area_to_scale(self.augment, config.local_area)
         trunk = self.build_trunk(pool=config.pool)
-        self._check_local_size(trunk, data.image_shape[0], config.local_size)
-        head = DINOHead(trunk.out_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim, config.head_layers)
+        if config.n_local:
+            self._check_local_size(trunk, data.image_shape[0], config.local_size)
+        head = DINOHead(trunk.out_dim, config.out_dim, config.hidden_dim, config.bottleneck_dim, config.head_layers,
+                        use_bn=config.use_bn_in_head)
         self.student = _Network(trunk, head)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)  # official: starts as a copy
         self.register_buffer("center", torch.zeros(1, config.out_dim))
