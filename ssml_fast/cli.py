@@ -113,7 +113,7 @@ def _train_setup(args):
     train_classes = tuple(_int_list(args.train_classes, "--train-classes")) if args.train_classes else None
     run = _checked(RunConfig, dataset=args.dataset, train_classes=train_classes, val_mode=args.val_mode,
                    seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
-                   select=args.select, quiet=args.quiet, **_data_args(args))
+                   select=args.select, quiet=args.quiet, sync_bn=args.sync_bn, **_data_args(args))
     out = Path(args.out or f"runs/{args.method}-{args.dataset}")
     return cls, config, run, preset, out
 
@@ -141,7 +141,7 @@ def cmd_train(args) -> int:
     method = _checked(cls, config, data_info(split))
     record = {"method_config": asdict(config), "run_config": asdict(run), "model_info": asdict(data_info(split))}
     trainer = _checked(Trainer, method, split, run, out, config_record=record)
-    if not run.quiet:
+    if not run.quiet and trainer.group.is_main:
         print(split.describe())
         print(f"method {cls.name} (preset {preset}), {config.epochs} epochs, out {out}/")
     try:
@@ -152,6 +152,8 @@ def cmd_train(args) -> int:
     except TrainingInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
+    if not trainer.group.is_main:  # under torchrun rank 0 reports and writes the summary
+        return 0
     classes = split.test_classes if len(split.test_classes) <= 12 else f"{len(split.test_classes)} classes"
     if result["test"]:  # a training-only dataset (GLDv2) has no test part
         print(f"test (unseen classes {classes}): {_metrics_line(result['test'])}")
@@ -423,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--sync-bn", action="store_true", help="under torchrun: SyncBatchNorm (BN statistics of the "
+                   "global batch; default: per-rank statistics, averaged after each step)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on its unseen test classes")

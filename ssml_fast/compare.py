@@ -118,7 +118,13 @@ def run_compare(
         if cfg.batch_size > len(splits[seeds[0]].train_labels):
             raise ValueError(f"{name}: batch_size={cfg.batch_size} exceeds the "
                              f"{len(splits[seeds[0]].train_labels)} training images")
-    dev = resolve_device(device)
+    from .distributed import setup as distributed_setup
+
+    # Under torchrun every rank trains every method (DDP); rank 0 logs and writes the report.
+    world, rank_device = distributed_setup(resolve_device(device))
+    dev = rank_device
+    if not world.is_main:
+        log = lambda *_args, **_kw: None  # noqa: E731
     if threads:
         torch.set_num_threads(threads)
     out = Path(out)
@@ -171,6 +177,8 @@ def run_compare(
                                   "train_seconds": r["train_seconds"]} for s, r in d.items()}
                      for n, d in per_seed.items()},
     }
+    if not world.is_main:
+        return summary
     files = write_report(out, summary, histories, grid_embeddings, split0, kinds)
     summary["files"] = [str(f) for f in files]
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=_json_default))

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Optional
 import torch
 import torch.nn.functional as F
 
+from ..distributed import gather_batch
 from ..losses import NTXentLoss
 from .base import Batch, DataInfo, Method, MethodConfig, StepOutput
 
@@ -69,9 +70,11 @@ class SimCLR(Method):
         v1, v2 = batch.views
         b = v1.shape[0]
         z = self.head(self.trunk(torch.cat([v1, v2])))
-        ids = torch.arange(b, device=z.device).repeat(2)
-        loss = self.loss_fn(z, ids)
+        # Dataset indices pair the two views (unique in a batch, and across ranks under torchrun, where the
+        # loss sees every rank's rows: gather_batch, identity on one process).
+        ids = batch.index.to(z.device).repeat(2)
         zn = F.normalize(z.detach(), dim=1)
+        loss = self.loss_fn(*gather_batch(z, ids))
         return StepOutput(loss, {"pos_sim": (zn[:b] * zn[b:]).sum(1).mean()})
 
     @torch.no_grad()

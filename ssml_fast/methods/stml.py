@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import gather_batch
 from ..losses.stml_loss import FORMS, STMLLoss
 from ..nn import ema_update_
 from .base import Batch, DataInfo, Method, MethodConfig, Stage, StepOutput
@@ -179,6 +180,9 @@ class STML(Method):
         with torch.no_grad():
             t = self.teacher(x)
         f, g = self._student(x)
+        # Under torchrun the contextual similarity and the loss see every rank's views (rank order, with
+        # gradient): the single-process loss of the global batch (identity on one process).
+        f, g, t, ids = gather_batch(f, g, t, ids)
         loss = self.loss_fn(f, g, t, ids)
         p = self.loss_fn.parts
         return StepOutput(loss, {"rc_f": p.rc_f, "rc_g": p.rc_g, "kl": p.kl})

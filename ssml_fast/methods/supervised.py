@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..distributed import gather_batch, gathered
 from ._components import SPEC_LOSS_KWARGS, build_loss, build_miner, loss_class
 from .base import Batch, DataInfo, Method, MethodConfig, Stage, StepOutput
 
@@ -112,8 +113,12 @@ class Supervised(Method):
         (x,) = batch.views
         labels = torch.searchsorted(self.classes, batch.labels)
         emb = self(x)
-        indices = self.miner(emb, labels) if self.miner is not None else None
-        loss = self.loss_fn(emb, labels, indices)
+        # Under torchrun the miner and the loss see every rank's rows in rank order, with gradient: the loss of
+        # the global batch (identity on one process; ssml_fast.distributed explains the exact gradient).
+        emb, labels = gather_batch(emb, labels)
+        with gathered():
+            indices = self.miner(emb, labels) if self.miner is not None else None
+            loss = self.loss_fn(emb, labels, indices)
         logs = {}
         for name in ("num_active", "num_triplets"):
             v = getattr(self.loss_fn, name, None)

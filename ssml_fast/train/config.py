@@ -22,6 +22,7 @@ class RunConfig:
     eval_every: int = 1              # validation every N epochs (0: never)
     select: str = "last"             # last | best: the model the test evaluation uses (best = val MAP@R)
     deterministic: bool = True
+    sync_bn: bool = False            # torchrun: SyncBatchNorm (global-batch BN statistics; else averaged per step)
     quiet: bool = False
 
     def __post_init__(self):

@@ -24,11 +24,12 @@ def embed_images(fn, module: torch.nn.Module, images: torch.Tensor, device, batc
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def evaluate_method(method, images, labels, device, *, nmi: bool = True, ks=(1, 2, 4, 8)) -> dict:
+def evaluate_method(method, images, labels, device, *, nmi: bool = True, ks=(1, 2, 4, 8), embed=None) -> dict:
     """Recall@k, MAP@R, R-precision, precision@1 (and NMI) of method.embed on (images, labels)."""
     from ..evaluation import retrieval_metrics
 
-    emb = embed_images(method.embed, method, images, device)
+    # embed: embed_images or a drop-in with its signature (the trainer's, sharded over ranks under torchrun)
+    emb = (embed or embed_images)(method.embed, method, images, device)
     gallery = getattr(images, "gallery_mask", None)
     if gallery is not None:  # a query / gallery test set (In-Shop): queries search the gallery only
         labels = torch.as_tensor(labels)

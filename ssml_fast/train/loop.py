@@ -23,7 +23,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..distributed import TrainingGroup
 from ..methods.base import Batch, DataInfo, Method
+from ..samplers import DistributedBatchSampler
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig
 from .data_path import TrainData, is_file_backed
@@ -83,7 +85,8 @@ class _Context:
 
     def embed_train(self, fn=None, batch_size: int = 512) -> torch.Tensor:
         m = self._t.method
-        return embed_images(fn or m.embed, m, self._t.train_images, self.device, batch_size)
+        # Under torchrun each rank embeds a shard; the gathered result is identical on every rank.
+        return self._t.group.embed(embed_images, fn or m.embed, m, self._t.train_images, self.device, batch_size)
 
     def generator(self, purpose: str) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.seed, self.stage_index, self.epoch, purpose))
@@ -100,6 +103,9 @@ class Trainer:
         self.method, self.split, self.run = method, split, run
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(run.device)
+        # torchrun: the process group (NCCL on CUDA, gloo on CPU) and this rank's device (ssml_fast.distributed).
+        self.group = TrainingGroup(self.device, sync_bn=getattr(run, "sync_bn", False))
+        self.device = self.group.device
         self.method.to(self.device)
         if is_file_backed(split.train_images):  # decoded in DataLoader workers (train/data_path.py)
             self.split = split = split.with_loader(run.num_workers, self.device.type == "cuda")
@@ -108,7 +114,9 @@ class Trainer:
         self.train_labels = split.train_labels.to(self.device)
         self.config_record = config_record or {}
         self.ctx = _Context(self)
-        self.logger = RunLogger(self.out_dir, quiet=run.quiet)
+        main = self.group.is_main  # rank 0 logs and writes checkpoints
+        self.logger = RunLogger(self.out_dir if main else None, quiet=run.quiet or not main)
+        self.group.prepare(method)  # SyncBatchNorm (option) and DDP over training_step, before the optimiser
         self.optimizer = build_optimizer(method.config, method.parameter_groups())
         self.scheduler = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(run.amp == "fp16" and self.device.type == "cuda"))
@@ -132,6 +140,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "aug": aug_state,
+                    "aug_ranks": self.group.gather_states(aug_state), "world_size": self.group.size,
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "position": position,
             "epoch_sums": epoch_sums,
@@ -142,12 +151,17 @@ class Trainer:
 
     def _save(self, path: Optional[Path], **kw) -> None:
         if path is not None:
-            save_checkpoint(path, self._state(**kw))
+            state = self._state(**kw)  # on every rank (it gathers the ranks' augmentation states)
+            if self.group.is_main:
+                save_checkpoint(path, state)
 
     def _load(self, path: Path) -> dict:
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {path} (train without --resume first)")
-        state = load_checkpoint(path)
+        def read() -> dict:
+            if not path.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {path} (train without --resume first)")
+            return load_checkpoint(path)
+
+        state = self.group.load_on_main(read)  # rank 0 reads, every rank gets it (no shared file system needed)
         if state.get("method_name") != self.method.name:
             raise ValueError(f"--resume: {path} was written by method {state.get('method_name')!r}, "
                              f"not {self.method.name!r}")
@@ -228,14 +242,16 @@ class Trainer:
         t_start = time.perf_counter()  # epoch time includes the epoch hooks (STML's re-embedding), not validation
         method.on_epoch_start(epoch, sampler, ctx)
         ctx.resume_step = 0
-        gen = ctx.generator("views")
+        # Each rank draws its own augmentations (the same stream as before on one process).
+        gen = torch.Generator().manual_seed(derive_seed(ctx.seed, ctx.stage_index, ctx.epoch, "views",
+                                                        *self.group.views_seed_parts()))
         # Epoch sums stay on the training device: reading them per step would add a host sync per logged
         # value (the finite-loss check is the one sync a step needs).
         zero = lambda: torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
         sums = {"loss": zero()}
         counts = {"loss": 0}
         if resumed is not None:
-            gen.set_state(resumed["rng"]["aug"])
+            gen.set_state(self._aug_state(resumed, gen))
             sums = {k: torch.tensor(v, dtype=torch.float64, device=self.device)
                     for k, v in resumed["epoch_sums"]["sums"].items()}
             counts = dict(resumed["epoch_sums"]["counts"])
@@ -245,19 +261,24 @@ class Trainer:
         if bar is not None and skip:
             bar.update(skip)
         n_images = 0
-        for step, idx, views in self.data.steps(method, stage, s_idx, epoch, run.seed, sampler, skip, gen):
+        # Under torchrun every rank draws the same global batch and keeps its shard (samplers.distributed).
+        batches = DistributedBatchSampler(sampler) if self.group.distributed else sampler
+        for step, idx, views in self.data.steps(method, stage, s_idx, epoch, run.seed, batches, skip, gen):
             batch = Batch(views=views, labels=self.train_labels[idx] if method.uses_labels else None, index=idx)
             with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = method.training_step(batch)
+                out = self.group.step(method, batch)  # through DDP under torchrun
             loss = out.loss
-            if not bool(torch.isfinite(loss.detach())):
+            # The loss over ranks (and any rank's Ctrl-C) in one all-reduce: all ranks stop at the same step.
+            seen, self._interrupt = self.group.step_loss(loss, self._interrupt)
+            if not bool(torch.isfinite(seen)):
                 kept = (f"the last good checkpoint {self.last_path} is kept"
                         if self.last_path is not None and self.last_path.exists() else "no checkpoint was written yet")
                 raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}; "
+                    f"non-finite loss ({seen.item()}) at stage {stage.name!r}, epoch {epoch + 1}, step {step + 1}; "
                     f"training stopped and {kept} (lower the learning rate, or try grad_clip)")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            self.group.after_backward(method)  # BN statistics averaged over ranks before EMA teachers read them
             if method.config.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(method.parameters(), method.config.grad_clip)
@@ -268,7 +289,7 @@ class Trainer:
             method.after_step(batch, out)
             self.global_step += 1
             n_images += len(idx)
-            sums["loss"] += loss.detach().double()
+            sums["loss"] += seen.double()
             counts["loss"] += 1
             for k, v in out.logs.items():
                 v = v.detach().double().to(self.device) if torch.is_tensor(v) else float(v)
@@ -300,10 +321,12 @@ class Trainer:
         method.on_epoch_end(epoch, ctx)
         seconds = time.perf_counter() - t_start
         row = {"stage": stage.name, "epoch": epoch + 1, "global_step": self.global_step}
+        sums, n_images = self.group.reduce_epoch(sums, n_images)  # means over ranks, images over all ranks
         row.update({k: float(sums[k]) / max(1, counts[k]) for k in sums})
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         if run.eval_every and (epoch + 1) % run.eval_every == 0 and len(self.split.val_labels) > 1:
-            val = evaluate_method(method, self.split.val_images, self.split.val_labels, self.device, nmi=False)
+            val = evaluate_method(method, self.split.val_images, self.split.val_labels, self.device, nmi=False,
+                                  embed=self._embed)
             row["val_map_at_r"], row["val_recall@1"] = val["map_at_r"], val["recall@1"]
         row["seconds"] = seconds
         row["images_per_s"] = n_images / seconds if seconds > 0 else float("nan")
@@ -323,14 +346,30 @@ class Trainer:
     def _finish(self, train_seconds: float, wall_seconds: float) -> dict:
         method = self.method
         if self.run.select == "best" and self.best is not None and self.out_dir is not None:
-            method.load_state_dict(load_checkpoint(self.out_dir / "best.pt")["method"])
-        val = (evaluate_method(method, self.split.val_images, self.split.val_labels, self.device)
+            best = self.out_dir / "best.pt"
+            method.load_state_dict(self.group.load_on_main(lambda: load_checkpoint(best))["method"])
+        val = (evaluate_method(method, self.split.val_images, self.split.val_labels, self.device, embed=self._embed)
                if len(self.split.val_labels) > 1 else {})
         # A training-only dataset (GLDv2) has no test part: it is evaluated on rOxford5k / rParis6k.
-        test = (evaluate_method(method, self.split.test_images, self.split.test_labels, self.device)
+        test = (evaluate_method(method, self.split.test_images, self.split.test_labels, self.device, embed=self._embed)
                 if len(self.split.test_labels) > 1 else {})
         return {"history": self.history, "val": val, "test": test, "best": self.best,
                 "train_seconds": train_seconds, "wall_seconds": wall_seconds}
+
+    def _embed(self, fn, module, images, device, batch_size: int = 512) -> torch.Tensor:
+        """embed_images, sharded over the ranks and gathered under torchrun (evaluation)."""
+        return self.group.embed(embed_images, fn, module, images, device, batch_size)
+
+    def _aug_state(self, resumed: dict, gen: torch.Generator) -> torch.Tensor:
+        """The augmentation stream of a mid-epoch checkpoint for this rank: its own saved state when the
+        world size is unchanged; after a world-size change the fresh stream of this epoch (the batches are
+        the same global batches, the augmentations are not replayed)."""
+        rng = resumed["rng"]
+        saved_world = rng.get("world_size", 1)
+        if saved_world == self.group.size:
+            ranks = rng.get("aug_ranks")
+            return ranks[self.group.world.rank] if ranks else rng["aug"]
+        return gen.get_state()
 
     def _on_sigint(self, signum, frame) -> None:
         if self._interrupt:  # a second Ctrl-C: stop at once
