@@ -63,8 +63,8 @@ class MarginSoftmaxLoss(ProxyLoss):
 
     # --- shared computation -------------------------------------------------------------------------
     def _scaled_logits(self, x):
-        """(logits without margin (B, C), the factor scale |x_i|^a |W_y|^b is built from: row norms (B,),
-        column norms (N,)). Sub-centres (per_class K > 1): the most similar of each class's K vectors."""
+        """(logits without margin (B, C), row norms |x_i| (B,), column norms |W_j| (N,)): the norms build the
+        target's factor scale |x_i|^a |W_y|^b. Sub-centres (per_class K > 1): each class's most similar one."""
         W = self.weight
         xn = x.norm(dim=1)
         wn = W.norm(dim=0)
@@ -109,7 +109,7 @@ class MarginSoftmaxLoss(ProxyLoss):
         factor = self._target_factor(labels, xn, wn)
         # factor is 0 only for a zero embedding (LargeMargin / SphereFace), whose target logit is then 0 too
         cos_t = logits.gather(1, y).squeeze(1) / factor.clamp_min(torch.finfo(x.dtype).tiny)
-        logits = logits.scatter(1, y, (factor * self.target_psi(cos_t))[:, None])
+        logits = logits.scatter(1, y, (factor * self.target_psi(cos_t))[:, None])  # gather saved the input
         per_sample = F.cross_entropy(logits, labels, reduction="none")
         if indices_tuple is not None:
             per_sample = per_sample * _pairs.sample_weights(indices_tuple, x.shape[0], x.dtype, x.device)

@@ -96,7 +96,7 @@ class SoftTripleLoss(ProxyLoss):
         x, _ = self._check(embeddings, labels, ref_emb)
         S = self._logits(x)
         y = labels[:, None]
-        logits = (S * self.la).scatter_add(1, y, torch.full_like(y, -self.la * self.margin, dtype=S.dtype))
+        logits = (S * self.la).scatter_add_(1, y, torch.full_like(y, -self.la * self.margin, dtype=S.dtype))
         per_sample = F.cross_entropy(logits, labels, reduction="none")
         if indices_tuple is not None:
             per_sample = per_sample * _pairs.sample_weights(indices_tuple, x.shape[0], x.dtype, x.device)
