@@ -22,6 +22,7 @@ N x D float32: that is the index).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -40,6 +41,7 @@ CALIBRATION_QUERIES = 200
 CALIBRATION_TARGET = 0.97
 CHUNK = 65536
 TRAIN_SAMPLE_BYTES = 256 << 20   # k-means sample cap (float32 bytes)
+FEW_QUERIES = 16                 # searches of fewer queries run on one thread (few_queries)
 
 
 @dataclass
@@ -164,6 +166,23 @@ def apply_search_params(index, plan: IndexPlan) -> None:
         faiss.extract_index_ivf(index).nprobe = plan.nprobe
     elif plan.kind == "hnsw" and plan.ef_search:
         index.hnsw.efSearch = plan.ef_search
+
+
+@contextlib.contextmanager
+def few_queries(nq: int, below: int = FEW_QUERIES):
+    """One OpenMP thread for searches of fewer than `below` queries: faiss's parallel regions cost more than
+    they give for a single query, and on a loaded machine two spinning threads make a 50k-vector flat search
+    5x slower (bench/results_search.md). omp_set_num_threads applies to the calling thread only."""
+    if nq >= below:
+        yield
+        return
+    faiss = _faiss()
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def exact_search(queries: np.ndarray, vectors, k: int, metric: str, chunk: int = CHUNK):

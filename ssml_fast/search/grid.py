@@ -36,7 +36,7 @@ def save_grid(results: Sequence, out: str | os.PathLike, *, metric: str = "cosin
     if not results:
         raise ValueError("save_grid: no results to draw")
     cols = 1 + max(len(r.ids) for r in results)
-    fig, axes = plt.subplots(len(results), cols, figsize=(1.7 * cols, 2.0 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(len(results), cols, figsize=(1.7 * cols, 2.3 * len(results)), squeeze=False)
     label = "sim" if metric == "cosine" else "d²"
     for row, r in enumerate(results):
         cells = [(r.query, "query", Path(r.query).name if os.path.sep in r.query or "." in r.query else r.query)]

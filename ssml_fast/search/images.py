@@ -4,12 +4,13 @@ The evaluation transform follows the checkpoint (transform_for):
   - models trained on a dataset on disk (cub, cars196, sop, ..., folder; ssml_fast.data.files): that
     dataset's own evaluation pipeline, ssml_fast.data.transforms.preset("eval" | "thesis_eval") at the run's
     image_size from resize 256: RGB, shorter side (official) or both sides (thesis) resized to 256, centre
-    crop, ImageNet mean / std applied here (those models see mean 0 / std 1 in their DataInfo);
+    crop, [0, 1] (ssml_fast.data.transforms.build_transform: the transform the model was evaluated with);
   - the bundled small grey models (28 x 28 mnist5k, 8 x 8 digits) and any other DataInfo.image_shape (C, H, W):
     channels C = 1 -> greyscale ("L"), C = 3 -> RGB; min(H, W) < 128: the whole image resized to exactly
     H x W (bilinear, antialiased), as those models saw whole, centred images; min(H, W) >= 128: shorter side
-    to round(S * 256 / 224) for crop side S, centre crop H x W. Pixels in [0, 1]; the model applies its
-    DataInfo normalisation itself ((x - mean) / std).
+    to round(S * 256 / 224) for crop side S, centre crop H x W. Pixels in [0, 1].
+Every model normalises its input itself (the trunks: ImageNet statistics for pretrained weights, the split's
+mean / std otherwise), so nothing here subtracts a mean.
 Transparent pixels are composited on white before the conversion.
 """
 from __future__ import annotations
@@ -67,7 +68,7 @@ def transform_spec(state: dict, image_shape: Sequence[int]) -> dict:
 class EvalTransform:
     """PIL image -> (C, H, W) float32 tensor for a model trained on `image_shape` inputs (module docstring):
     `pipeline` None -> [0, 1] pixels resized for the model; "eval" / "thesis_eval" -> the file-backed
-    datasets' normalised evaluation view from `resize`. A picklable object (DataLoader workers get a copy)."""
+    datasets' evaluation view from `resize` ([0, 1] too). A picklable object (DataLoader workers get a copy)."""
 
     def __init__(self, image_shape: Sequence[int], pipeline: str | None = None, resize: int | None = None):
         if len(image_shape) != 3:
@@ -94,7 +95,7 @@ class EvalTransform:
     def describe(self) -> str:
         if self.pipeline is not None:
             how = "shorter side" if self.pipeline == "eval" else "both sides"
-            return (f"RGB, {how} resized to {self.resize}, centre crop {self.height}x{self.width}, ImageNet mean/std "
+            return (f"RGB, {how} resized to {self.resize}, centre crop {self.height}x{self.width}, [0, 1] "
                     f"(the dataset's {self.pipeline!r} view)")
         if self.crop:
             return (f"{self.mode}, shorter side resized to {self.resize}, centre crop {self.height}x{self.width}, "

@@ -183,50 +183,52 @@ class Index:
             q = np.asarray(q, dtype=np.float32)
             q = q[None] if q.ndim == 1 else q
             if q.ndim != 2 or q.shape[1] != self.dim:
-                raise ValueError(f"queries: vectors must have shape (q, {self.dim}), got {tuple(queries.shape)}")
+                raise ValueError(f"query: vectors must have shape (q, {self.dim}), got {tuple(queries.shape)}")
             if not np.isfinite(q).all():
-                raise ValueError("queries: vectors contain NaN or infinite values")
+                raise ValueError("query: vectors contain NaN or infinite values")
             if self.metric == "cosine":
                 q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
             return np.ascontiguousarray(q), [f"vector {i}" for i in range(len(q))]
         items = [queries] if isinstance(queries, (str, os.PathLike)) or hasattr(queries, "getpixel") else list(queries)
         if not items:
-            raise ValueError("queries: no query given")
+            raise ValueError("query: no query given")
         from PIL import Image
 
+        entries = []   # Paths (decoded in batches) and PIL images, in the order given
+        for item in items:
+            if isinstance(item, Image.Image):
+                entries.append(item)
+                continue
+            p = Path(item)
+            if p.is_dir():
+                entries.extend(list_images(p, "query"))
+            elif not p.is_file():
+                raise ValueError(f"query: {p} does not exist")
+            elif not is_image_file(p):
+                raise ValueError(f"query: {p} is not an image file (.jpg, .jpeg, .png, .bmp, .webp)")
+            else:
+                entries.append(p.resolve())
+        files = [e for e in entries if isinstance(e, Path)]
+        by_file = {}
+        if files:
+            ok, vecs, failed = self._embed_files(files, show_progress=False, desc="queries")
+            if failed:
+                raise ValueError(f"query: {failed[0][0]} cannot be read ({failed[0][1]})")
+            by_file = {str(files[i]): v for i, v in zip(ok, vecs)}
         method, _ = self._method()
         out, names = [], []
-        for n, item in enumerate(items):
-            if isinstance(item, Image.Image):
-                x = self.transform(item)[None]
-                names.append(f"image {n}")
-            else:
-                p = Path(item)
-                files = list_images(p, "query") if p.is_dir() else [p]
-                for f in files:
-                    if not f.is_file():
-                        raise ValueError(f"query: {f} does not exist")
-                    if not is_image_file(f):
-                        raise ValueError(f"query: {f} is not an image file ({', '.join(('.jpg', '.jpeg', '.png', '.bmp', '.webp'))})")
-                if len(files) > 1 or p.is_dir():
-                    ok, vecs, failed = self._embed_files(files, show_progress=False, desc="queries")
-                    if failed:
-                        raise ValueError(f"query: {failed[0][0]} cannot be read ({failed[0][1]})")
-                    out.append(vecs)
-                    names.extend(str(f) for f in files)
-                    continue
-                try:
-                    x = open_image(files[0], self.transform)[None]
-                except Exception as e:
-                    raise ValueError(f"query: {files[0]} cannot be read ({type(e).__name__}: {e})") from None
-                names.append(str(files[0]))
+        for n, e in enumerate(entries):
+            if isinstance(e, Path):
+                out.append(by_file[str(e)])
+                names.append(str(e))
+                continue
             with torch.no_grad():
-                method.eval()
-                emb = method.embed(x.to(self.device)).float()
+                emb = method.embed(self.transform(e)[None].to(self.device)).float()
                 if self.metric == "cosine":
                     emb = torch.nn.functional.normalize(emb, dim=1)
-            out.append(emb.cpu().numpy())
-        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32), names
+            out.append(emb.cpu().numpy()[0])
+            names.append(f"image {n}")
+        return np.ascontiguousarray(np.stack(out), dtype=np.float32), names
 
     # ---- search ----------------------------------------------------------------------------------
     def search(self, queries, k: int = 10, *, rerank=False, nprobe: Optional[int] = None) -> list[SearchResult]:
@@ -247,7 +249,8 @@ class Index:
             key = "nprobe" if self.plan.kind == "ivf" else "ef_search"
             faiss_index.apply_search_params(self._faiss, faiss_index.IndexPlan(**{**asdict(self.plan), key: nprobe}))
         try:
-            scores, ids = self._faiss.search(q, depth)
+            with faiss_index.few_queries(len(q)):
+                scores, ids = self._faiss.search(q, depth)
         finally:
             faiss_index.apply_search_params(self._faiss, self.plan)
         results = []
