@@ -277,3 +277,24 @@ def test_timm_backbone_by_name_with_local_weights(tmp_path, monkeypatch):
     assert torch.equal(t.net.layer2[0].conv1.weight, src.layer2[0].conv1.weight)
     with pytest.raises(ValueError, match="timm has no model"):
         build_trunk("timm:not_a_model", SHAPE, pretrained="none")
+
+
+def test_a_checkpoint_rebuilds_without_the_imagenet_file(torch_home):
+    """ssml_fast.train.restore builds the method under skip_pretrained_loading: the checkpoint has the weights."""
+    from dataclasses import asdict
+
+    from ssml_fast.methods import get_method, make_config
+    from ssml_fast.methods.base import DataInfo
+    from ssml_fast.train.restore import build_method
+
+    _fake_resnet18_file(torch_home / "resnet18-f37072fd.pth")
+    cfg = make_config("supervised", None, [("test", dict(backbone="resnet18", batch_size=8))])
+    info = DataInfo(SHAPE, 0.5, 0.25, 40, (0, 1))
+    m = get_method("supervised")(cfg, info)
+    state = {"method_name": "supervised", "method_config": asdict(cfg), "method": m.state_dict()}
+    (torch_home / "resnet18-f37072fd.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="resnet18-f37072fd.pth"):
+        get_method("supervised")(cfg, info)
+    r = build_method(state, info)
+    assert torch.equal(r.trunk.net.conv1.weight, m.trunk.net.conv1.weight)
+    assert torch.equal(r.trunk.std, m.trunk.std)

@@ -36,7 +36,7 @@ class GeM(nn.Module):
         return x.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
     def extra_repr(self) -> str:
-        return f"p={float(self.p):.4g}, eps={self.eps}, learnable={isinstance(self.p, nn.Parameter)}"
+        return f"p={self.p.detach().item():.4g}, eps={self.eps}, learnable={isinstance(self.p, nn.Parameter)}"
 
 
 class GlobalPool(nn.Module):
