@@ -56,7 +56,7 @@ class ImageTrunk(FreezableTrunk, nn.Module):
             raise ValueError(f"std must be > 0, got {std!r}")
         if pool not in GLOBAL_POOLS:
             raise ValueError(f"pool must be one of {', '.join(GLOBAL_POOLS)} for this backbone, got {pool!r} "
-                             "('flatten' is for the small CNNs on fixed-size images)")
+                             "('flatten' is for the small CNNs on fixed-size images; choose one with --pool or --set pool=...)")
         if not isinstance(channels_last, bool):
             raise ValueError(f"channels_last must be true or false, got {channels_last!r}")
         self.in_channels = c
