@@ -84,6 +84,22 @@ def main():
                  "-" if peer is None else f"{peer * 1e3 / ours:.1f}x", f"{peaks['ssml']}",
                  "-" if peer is None else f"{peaks['pml']}"]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    floor_line(B)
+
+
+def floor_line(B):
+    """The part no implementation of these losses avoids: the B x B similarity GEMM and the backward GEMM
+    (W + W^T) X, plus one exp pass over B x B, timed round-robin like the losses."""
+    x, _ = _data(B)
+    w = torch.randn(B, B)
+
+    def gemms():
+        s = x @ x.T
+        return s, w.T.contiguous().add_(w) @ x
+
+    med = round_robin_medians({"gemms": gemms, "exp": lambda: w.exp()}, rounds=9, warmup=1)
+    print(f"\nfloor at B={B}: similarity GEMM + backward GEMM {med['gemms'] * 1e3:.1f} ms, "
+          f"one exp over B x B {med['exp'] * 1e3:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":
