@@ -180,3 +180,12 @@ def test_revisitop_evaluation_multiscale(tmp_path, capsys):
     assert out["hard"] == pytest.approx(1.0)  # q_0 (grey 100, hard = db_2 at 110): its nearest by angle
     assert main(["eval", str(tmp_path / "none.pt"), "--revisitop", "oxford"]) == 2
     assert "--revisitop expects roxford5k and/or rparis6k" in capsys.readouterr().err
+
+
+def test_evaluation_of_a_tiny_split_reports_the_ks_it_has(folder):
+    from ssml_fast.train import evaluate_method
+    s = _split(folder)
+    m = _method("supervised", s)
+    small = s.test_images[[0, 1, 6, 7]]  # four images, two classes: recall@4 / @8 do not exist
+    out = evaluate_method(m, small, small.labels, "cpu", nmi=False)
+    assert "recall@2" in out and "recall@4" not in out

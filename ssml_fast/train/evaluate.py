@@ -31,6 +31,9 @@ def evaluate_method(method, images, labels, device, *, nmi: bool = True, ks=(1, 
     # embed: embed_images or a drop-in with its signature (the trainer's, sharded over ranks under torchrun)
     emb = (embed or embed_images)(method.embed, method, images, device)
     gallery = getattr(images, "gallery_mask", None)
+    # A small image folder's validation split may hold fewer images than the largest k: report the k it has.
+    size = int(gallery.sum()) if gallery is not None else len(emb) - 1
+    ks = tuple(k for k in ks if k <= size) or tuple(ks)
     if gallery is not None:  # a query / gallery test set (In-Shop): queries search the gallery only
         labels = torch.as_tensor(labels)
         return retrieval_metrics(emb[~gallery], labels[~gallery], ks=ks, metric=method.eval_metric, nmi=nmi,
