@@ -12,6 +12,7 @@ queue per step.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import torch
@@ -44,9 +45,14 @@ def wrap_ddp(owner: nn.Module, device: torch.device, *, step: str = "training_st
         raise ValueError("DDP needs at least one parameter that requires a gradient")
     kw = {"device_ids": [device.index if device.index is not None else torch.cuda.current_device()]} \
         if device.type == "cuda" else {}
-    return DistributedDataParallel(StepModule(owner, step), broadcast_buffers=False,
-                                   find_unused_parameters=find_unused_parameters, process_group=process_group,
-                                   **kw)
+    # No buffer broadcast before each forward (module docstring); buffers are still synced from rank 0 once,
+    # at construction. Newer torch names the switch forward_sync_buffers (broadcast_buffers is deprecated).
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        kw["forward_sync_buffers"] = False
+    else:
+        kw["broadcast_buffers"] = False
+    return DistributedDataParallel(StepModule(owner, step), find_unused_parameters=find_unused_parameters,
+                                   process_group=process_group, **kw)
 
 
 def owner_has_trainable(module: nn.Module) -> bool:

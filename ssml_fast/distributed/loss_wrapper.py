@@ -19,7 +19,10 @@ Arguments are gathered by kind: a tensor with a row dimension (embeddings, label
 ids, teacher embeddings, enqueue masks ...) is gathered row-wise; a tuple/list of index tensors is an
 `indices_tuple` of local positions (PML's third argument, or the indices_tuple keyword), shifted to
 positions in the gathered batch (anchors by the embeddings' offset, positives / negatives by ref_emb's
-when given); anything else (numbers, other tuples such as STMLLoss's memory) passes unchanged. Memories
+when given); anything else (numbers, other tuples such as STMLLoss's memory) passes unchanged. A tensor
+that is already the same on every rank (a memory bank's rows given as ref_emb) must not be passed as a
+tensor argument -- it would be gathered W times; gather the batch with `gather_batch` and call the loss
+inside `gathered()` instead. Memories
 inside the loss (CrossBatchMemory's queue) see the gathered batch once: the call runs inside `gathered()`.
 """
 from __future__ import annotations
