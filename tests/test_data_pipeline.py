@@ -189,3 +189,11 @@ def test_evaluation_of_a_tiny_split_reports_the_ks_it_has(folder):
     small = s.test_images[[0, 1, 6, 7]]  # four images, two classes: recall@4 / @8 do not exist
     out = evaluate_method(m, small, small.labels, "cpu", nmi=False)
     assert "recall@2" in out and "recall@4" not in out
+
+
+def test_ranks_draw_different_views_for_the_same_slot():
+    k = KeyedBatchSampler()
+    r0 = list(k.reset([[1, 2]], 0, 0, 0, rank=0))[0]
+    r1 = list(k.reset([[1, 2]], 0, 0, 0, rank=1))[0]
+    alone = list(k.reset([[1, 2]], 0, 0, 0))[0]
+    assert r0[0][1] != r1[0][1] and alone[0][1] == item_seed(0, 0, 0, 0, 0)

@@ -69,9 +69,13 @@ class KeyedBatchSampler:
         self.sampler: Iterable = ()
         self.key = (0, 0, 0)
         self.skip = 0
+        self.rank: tuple = ()
 
-    def reset(self, sampler, seed: int, stage: int, epoch: int, skip: int = 0) -> "KeyedBatchSampler":
+    def reset(self, sampler, seed: int, stage: int, epoch: int, skip: int = 0,
+              rank: int | None = None) -> "KeyedBatchSampler":
+        """`rank` (under torchrun, with a sharded sampler): slot j of every rank's shard gets its own seed."""
         self.sampler, self.key, self.skip = sampler, (int(seed), int(stage), int(epoch)), int(skip)
+        self.rank = () if rank is None else (int(rank),)
         return self
 
     def __len__(self) -> int:
@@ -82,7 +86,7 @@ class KeyedBatchSampler:
         for step, batch in enumerate(self.sampler):
             if step < self.skip:
                 continue
-            yield [(int(i), item_seed(seed, stage, epoch, step, slot)) for slot, i in enumerate(batch)]
+            yield [(int(i), item_seed(seed, stage, epoch, step, slot, *self.rank)) for slot, i in enumerate(batch)]
 
 
 def _worker_init(_worker_id: int) -> None:

@@ -59,7 +59,9 @@ class TrainData:
                 yield step, idx, method.views(self.images[idx], generator)
             return
         loader = self._stage_loader(method, stage, s_idx)
-        loader.batch_sampler.reset(sampler, seed, s_idx, epoch, skip)
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+        loader.batch_sampler.reset(sampler, seed, s_idx, epoch, skip, rank=rank)
         blocking = not (loader.pin_memory and self.device.type == "cuda")
         for step, (idx, views) in enumerate(loader, start=skip):
             yield (step, idx.to(self.device, non_blocking=not blocking),
