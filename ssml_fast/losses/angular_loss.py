@@ -114,7 +114,7 @@ def _to_blocks(M, rows, identity, k, C):
 
 def _shifted_exp(M, excl, k4):
     """exp(k4 (M - m)) off `excl` (0 on it), m the row maximum off excl (rows without entries: 0)."""
-    T = M.masked_fill(excl, -torch.inf)
+    T = torch.where(excl, torch.tensor(-torch.inf, dtype=M.dtype, device=M.device), M)  # (masked_fill: 10x slower)
     m = T.amax(dim=1, keepdim=True)
     has = torch.isfinite(m)
     m = torch.where(has, m, 0.0)
@@ -252,7 +252,8 @@ def _chunks(n: int, size: int):
 
 def _pair_logits(G, H, a, p, excl, k4):
     z = torch.index_select(G, 0, a).add_(torch.index_select(H, 0, p)).mul_(k4)
-    return z.masked_fill_(torch.index_select(excl, 0, a), -torch.inf)
+    ninf = torch.tensor(-torch.inf, dtype=z.dtype, device=z.device)
+    return torch.where(torch.index_select(excl, 0, a), ninf, z, out=z)
 
 
 def _pairs_forward(G, H, c, a, p, excl, k4, k2):

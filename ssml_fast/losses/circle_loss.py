@@ -62,7 +62,7 @@ class CircleLoss(MetricLoss):
                 return self.reduce(_generic_pair.zero_dict(), embeddings, labels)
             pos, neg = masks
             a, p = torch.where(pos)
-            excl, has_neg = ~neg, neg.any(dim=1)
+            excl, has_neg = ~neg, torch.count_nonzero(neg, dim=1) > 0
         consts = (a, p, excl, has_neg, self.gamma, self.op, self.on, self.delta_p, self.delta_n)
         if _distances._kind(self.distance) == "CosineSimilarity" and self.distance.power == 1:
             # cos = normalised rows' dot products: the GEMM and its backward live in the Function
@@ -95,7 +95,8 @@ def _circle_rows(S, a, p, excl, has_neg, gamma, op, on, delta_p, delta_n):
     denp = torch.zeros(B, dtype=S.dtype, device=S.device).index_add_(0, a, ep)
     lse_p = denp.log() + mxp  # -inf without positives
     c = torch.sub(S, on).clamp_min_(0).mul_(gamma)  # gamma [s - O_n]_+, the detached weight of the negatives
-    z = S.sub_(delta_n).mul_(c).masked_fill_(excl, ninf)
+    z = S.sub_(delta_n).mul_(c)
+    torch.where(excl, ninf, z, out=z)  # masked_fill_ is ~10x slower than where on CPU
     mx = z.amax(dim=1, keepdim=True)
     mx = torch.where(torch.isfinite(mx), mx, 0.0)
     e = z.sub_(mx).exp_()

@@ -85,7 +85,7 @@ def _supcon_rows(z, a, p, excl):
     if isinstance(excl, str):
         z.fill_diagonal_(-torch.inf)
     elif excl is not None:
-        z.masked_fill_(excl, -torch.inf)
+        torch.where(excl, torch.tensor(-torch.inf, dtype=z.dtype, device=z.device), z, out=z)  # (masked_fill_ is slower)
     mx = z.amax(dim=1, keepdim=True)
     has = torch.isfinite(mx)
     mx = torch.where(has, mx, 0.0)
