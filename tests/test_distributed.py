@@ -292,6 +292,27 @@ def _check_stml_teacher(rank):
             "student_identical": _same_on_all_ranks(list(m.state_dict().values()))}
 
 
+def _check_training_group(rank):
+    """The trainer's per-step and per-epoch collectives: a Ctrl-C or a NaN on one rank is seen by every rank at
+    the same step; epoch sums are averaged, images summed; a checkpoint error on rank 0 is raised everywhere."""
+    from ssml_fast.distributed import TrainingGroup
+
+    group = TrainingGroup(torch.device("cpu"))
+    loss, stop = group.step_loss(torch.tensor(1.0 + rank), interrupt=(rank == 1))
+    nan, _ = group.step_loss(torch.tensor(float("nan") if rank == 0 else 2.0), interrupt=False)
+    sums, images = group.reduce_epoch({"loss": torch.tensor(2.0 * (rank + 1), dtype=torch.float64)}, 30 + rank)
+    try:
+        group.load_on_main(lambda: (_ for _ in ()).throw(FileNotFoundError("no checkpoint at x")))
+        raised = False
+    except FileNotFoundError as e:
+        raised = "no checkpoint" in str(e)
+    state = group.load_on_main(lambda: {"w": torch.arange(3)})
+    seeds = group.gather_states(group.views_seed_parts())
+    return {"loss": float(loss) == 1.5, "stop": stop, "nan": not bool(torch.isfinite(nan)),
+            "sums": float(sums["loss"]) == 3.0, "images": images == 61, "raised": raised,
+            "broadcast": torch.equal(state["w"], torch.arange(3)), "streams_differ": seeds[0] != seeds[1]}
+
+
 def _checks():
     from ssml_fast import losses, miners
 
@@ -313,6 +334,7 @@ def _checks():
         "cross_batch": _check_cross_batch,
         "gather": _check_gather,
         "stml_teacher": _check_stml_teacher,
+        "training_group": _check_training_group,
     }
 
 
@@ -387,6 +409,11 @@ def test_gather_unequal_rows_rank_order_and_gradient(results):
 def test_stml_ema_teacher_identical_on_ranks(results):
     for r in _get(results, "stml_teacher"):
         assert r["teacher_identical"] and r["student_identical"], r
+
+
+def test_trainer_collectives_keep_ranks_in_step(results):
+    for r in _get(results, "training_group"):
+        assert all(r.values()), r
 
 
 # ---------------------------------------------------------------------------------------------------
