@@ -189,6 +189,10 @@ def test_log_ratio_triplets_ref_emb_and_callable_label_distance():
     u = lambda a, i: torch.log((x[a] - x[i]).norm() + 1e-6) - torch.log((y[a] - y[i]).abs() + 1e-6)  # noqa: E731
     expect = torch.stack([(u(a, i) - u(a, j)) ** 2 for a, i, j in zip(*t)]).mean()
     torch.testing.assert_close(L.LogRatioLoss()(x, y, t), expect)
+    # pairs (a1, p, a2, n) are the triplets (a1, p, n) with a1 == a2 (PML's conversion)
+    pairs = (torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([0, 0, 1]), torch.tensor([4, 3, 0]))
+    expect = torch.stack([(u(a, i) - u(a, j)) ** 2 for a, i, j in ((0, 1, 4), (0, 1, 3), (1, 2, 0))]).mean()
+    torch.testing.assert_close(L.LogRatioLoss()(x, y, pairs), expect)
     # a reference set: every anchor against all R reference rows
     def ref(e):
         out = []

@@ -28,7 +28,8 @@ class LogRatioLoss(MetricLoss):
       labels: continuous labels, (B,) or (B, K) real (integers are taken as numbers), required;
       ref_emb / ref_labels: the other samples of every anchor's triplets come from this reference set
         (then all R of them; for the batch itself the B - 1 others);
-      indices_tuple: triplets (a, i, j) to use instead of the dense set (their mean; "triplet" losses).
+      indices_tuple: triplets (a, i, j) to use instead of the dense set (their mean; "triplet" losses);
+        pairs (a1, p, a2, n) (e.g. from CrossBatchMemory or a pair miner) give the triplets (a1, p, n), a1 == a2.
     Per-anchor element losses go to the reducer (anchors with fewer than two others are left out).
     O(B * R): with u_ai = log(d_ai + eps) - log(D_ai + eps), the mean over pairs of (u_ai - u_aj)^2 is
     2 / (m - 1) * sum_i (u_ai - mean_a u)^2 for the m others of a (no B x R x R tensor).
@@ -99,10 +100,8 @@ class LogRatioLoss(MetricLoss):
         ry = None if self._ry is None else self._ry.to(dist.dtype)
         u = torch.log(dist + self.eps) - torch.log(self.label_matrix(y, ry) + self.eps)
         if indices_tuple is not None:
-            t = _pairs.check_indices_tuple(indices_tuple, B, R, embeddings.device)
-            if len(t) != 3:
-                raise ValueError("LogRatioLoss takes triplets (a, i, j) as indices_tuple, got pairs")
-            a, i, j = t
+            # pairs (a1, p, a2, n) become the triplets (a1, p, n) with a1 == a2, as PML converts them
+            a, i, j = _pairs.as_triplets(indices_tuple, B, R, embeddings.device)
             if a.numel() == 0:
                 return self.reduce({"loss": {"losses": 0, "indices": None, "reduction_type": "already_reduced"}},
                                    embeddings, None)
