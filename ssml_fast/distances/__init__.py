@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops import _checks
+from .. import _validation as _checks
 
 __all__ = ["BaseDistance", "LpDistance", "CosineSimilarity", "DotProductSimilarity", "CosineDistance",
            "resolve", "fused_metric", "MahalanobisMetric"]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..ops import _checks
+from .. import _validation as _checks
 from . import BaseDistance
 
 

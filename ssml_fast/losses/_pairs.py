@@ -10,10 +10,10 @@ import contextlib
 import torch
 
 from .. import ops
-from ..ops import _checks
+from .. import _validation as _checks
+from .._validation import REDUCTIONS, check_positive, check_real  # noqa: F401  (one definition, re-exported here)
 
 SIMILARITIES = ("cosine", "dot")
-REDUCTIONS = ("mean_nonzero", "mean", "sum")
 
 
 def label_masks(labels: torch.Tensor, ref_labels: torch.Tensor | None, self_ref: bool):
@@ -163,21 +163,6 @@ def autocast_off(t: torch.Tensor):
     if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
         return torch.autocast(kind, enabled=False)
     return contextlib.nullcontext()
-
-
-def check_positive(name, value) -> float:
-    v = _checks.check_nonnegative(name, value)
-    if v == 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return v
-
-
-def check_real(name, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
 
 
 def all_triplets(labels, ref_labels, self_ref: bool):

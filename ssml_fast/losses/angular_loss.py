@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import distances as _distances
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _generic_pair, _pairs
 from .base import MetricLoss
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 from ._proxies import ProxyLoss
 

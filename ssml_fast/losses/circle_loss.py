@@ -7,7 +7,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import distances as _distances
 from .. import reducers as _reducers
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _generic_pair, _pairs
 from .base import MetricLoss
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 from .base import MetricLoss
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import distances as _distances
 from .. import reducers as _reducers
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 from .base import MetricLoss
 

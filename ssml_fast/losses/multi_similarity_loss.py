@@ -5,7 +5,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .. import distances as _distances
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 from .base import MetricLoss
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distances as _distances
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 from ._proxies import NORM_EPS, ProxyLoss
 

@@ -8,7 +8,7 @@ from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..ops import _checks
+from .. import _validation as _checks
 from ..ops.contextual import contextual_similarity
 from . import _pairs
 from .relaxed_contrastive_loss import RelaxedContrastiveLoss, relative_distance

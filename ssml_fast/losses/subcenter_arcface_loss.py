@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 from ._margin_softmax import MarginSoftmaxLoss
 from ._proxies import NORM_EPS

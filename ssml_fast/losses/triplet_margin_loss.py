@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from .. import distances as _distances
 from .. import ops
 from .. import reducers as _reducers
-from ..ops import _checks
+from .. import _validation as _checks
 from . import _pairs
 from .base import MetricLoss
 

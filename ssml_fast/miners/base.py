@@ -6,7 +6,7 @@ from torch import nn
 
 from .. import distances as _distances
 from ..losses import _pairs
-from ..ops import _checks
+from .. import _validation as _checks
 
 
 class BaseMiner(nn.Module):

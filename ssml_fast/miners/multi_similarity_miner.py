@@ -5,7 +5,7 @@ import torch
 
 from .. import distances as _distances
 from ..losses import _pairs
-from ..ops import _checks
+from .. import _validation as _checks
 from .base import BaseMiner
 
 

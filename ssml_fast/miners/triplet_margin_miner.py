@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import _pairs
-from ..ops import _checks
+from .. import _validation as _checks
 from .base import BaseMiner, empty_tuple
 
 TYPES = ("all", "hard", "semihard", "easy")
