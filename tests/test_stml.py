@@ -280,6 +280,25 @@ def test_memory_excludes_entries_sharing_an_id_with_the_batch(split):
     assert m._memory_for(torch.tensor([7])) is None  # still warming up
 
 
+def test_memory_weight_blends_the_memory_loss_with_the_batch_loss(split):
+    from ssml_fast.methods import Batch
+
+    m = _stml_memory(split, memory_weight=0.25)
+    m.steps_done.fill_(10)
+    m.memory.enqueue(torch.randn(60, sum(m._dims)), ids=torch.arange(1000, 1060))
+    x = split.train_images[:40]
+    batch = Batch([x, x.flip(-1)], None, torch.arange(40))
+    out = m.training_step(batch)
+    xx, ids = torch.cat(batch.views), batch.index.repeat(2)
+    with torch.no_grad():
+        t = m.teacher(xx)
+    f, g = m._student(xx)
+    ref = 0.25 * m.loss_fn(f, g, t, ids, m._memory_for(ids)) + 0.75 * m.loss_fn(f, g, t, ids)
+    torch.testing.assert_close(out.loss, ref)
+    with pytest.raises(ValueError, match="memory_weight"):
+        make_config("stml_memory", "small", [("test", {"memory_weight": 1.5})])
+
+
 def test_memory_is_used_after_warmup_and_resume_restores_it(split, tmp_path):
     from ssml_fast.train import TrainingInterrupted
 

@@ -20,6 +20,8 @@ the STML loss for the batch rows against batch ∪ memory columns (`STMLLoss.mem
 - Warm-up: the memory is filled from the first step but used only after `memory_warmup` steps, when the
   student's features have stopped moving fast (XBM's observation that early features drift too much).
   Before that, and with memory_size 0, the method is exactly `stml`.
+- Weight: `memory_weight` w < 1 blends the memory loss with the in-batch STML loss,
+  w L(batch ∪ memory) + (1 - w) L(batch) (one more in-batch loss per step, small next to the memory terms).
 The loss is normalised by N (C - 1) in the "code" form, so its scale matches STML's at M = 0.
 """
 from __future__ import annotations
@@ -38,9 +40,12 @@ from .stml import STML, STMLConfig
 class STMLMemoryConfig(STMLConfig):
     memory_size: int = 4096     # past embeddings kept (per entry: teacher g, student f, student g, id)
     memory_warmup: int = 1000   # optimiser steps before the memory is used
+    memory_weight: float = 1.0  # w: loss = w L(batch ∪ memory) + (1 - w) L(batch); 1 = the memory loss alone
 
     def __post_init__(self):
         super().__post_init__()
+        if not 0.0 <= self.memory_weight <= 1.0:
+            raise ValueError(f"memory_weight must be in [0, 1], got {self.memory_weight}")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be >= 0, got {self.memory_size}")
         if self.memory_warmup < 0:
@@ -82,6 +87,10 @@ class STMLMemory(STML):
         memory = self._memory_for(ids)
         loss = self.loss_fn(f, g, t, ids, memory)
         p = self.loss_fn.parts
+        w = self.config.memory_weight
+        if memory is not None and w < 1.0:
+            # A blend keeps the in-batch terms' exact targets next to the memory's (staler) columns.
+            loss = w * loss + (1.0 - w) * self.loss_fn(f, g, t, ids)
         self._pending = (torch.cat([t, f.detach(), g.detach()], dim=1).float(), ids)
         used = 0 if memory is None else memory[0].shape[0]
         return StepOutput(loss, {"rc_f": p.rc_f, "rc_g": p.rc_g, "kl": p.kl, "memory_used": float(used)})
