@@ -12,7 +12,7 @@ from ..neighbors import as_float_array, as_labels, check_metric, common_scale, i
 
 
 def retrieval_metrics(
-    emb,
+    embeddings,
     labels,
     ks: Sequence[int] = (1, 2, 4, 8),
     metric: str = "euclidean",
@@ -30,8 +30,8 @@ def retrieval_metrics(
     """Recall@k, precision@1, R-precision, MAP@R and NMI of an embedding.
 
     Args:
-        emb: (N, D) floating tensor or array: the queries (and, without `gallery`, also the gallery).
-        labels: (N,) integer class labels of `emb`.
+        embeddings: (N, D) floating tensor or array: the queries (and, without `gallery`, also the gallery).
+        labels: (N,) integer class labels of `embeddings`.
         ks: the k of Recall@k; each must be <= the gallery size (N - 1 without a gallery).
         metric: "euclidean" (faiss IndexFlatL2) or "cosine" (IndexFlatIP on L2-normalised rows;
             "inner_product" ranks by the raw dot product).
@@ -61,7 +61,7 @@ def retrieval_metrics(
         beyond 2^40 or below 2^-40, so large-scale (or float64) embeddings rank as they should.
     """
     metric = check_metric(metric)
-    q_raw = as_float_array("emb", emb)
+    q_raw = as_float_array("embeddings", embeddings)
     q_labels = as_labels("labels", labels, q_raw.shape[0])
     if (gallery is None) != (gallery_labels is None):
         raise ValueError("gallery and gallery_labels must be given together")
@@ -72,7 +72,7 @@ def retrieval_metrics(
         g_raw = as_float_array("gallery", gallery)
         g_labels = as_labels("gallery_labels", gallery_labels, g_raw.shape[0])
         if g_raw.shape[1] != q_raw.shape[1]:
-            raise ValueError(f"gallery has dimension {g_raw.shape[1]} but emb has {q_raw.shape[1]}")
+            raise ValueError(f"gallery has dimension {g_raw.shape[1]} but embeddings has {q_raw.shape[1]}")
         gallery_size = g_raw.shape[0]
     # One scale for queries and gallery (rankings are scale-invariant), applied in the input's precision
     # before the float32 search: large or tiny embeddings (float64 ones beyond float32's range included)

@@ -76,15 +76,15 @@ class FeatureQueue(nn.Module):
     def is_full(self) -> bool:
         return self.count == self.size
 
-    def enqueue(self, emb: torch.Tensor, labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> None:
-        """Append emb (N, dim) with optional labels (N,) and sample ids (N,) (int); N may be 0 or > size."""
-        _validation.check_embeddings("emb", emb)
-        if emb.shape[1] != self.dim:
-            raise ValueError(f"emb has dimension {emb.shape[1]} but the queue holds {self.dim}")
+    def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> None:
+        """Append embeddings (N, dim) with optional labels (N,) and sample ids (N,) (int); N may be 0 or > size."""
+        _validation.check_embeddings("embeddings", embeddings)
+        if embeddings.shape[1] != self.dim:
+            raise ValueError(f"embeddings has dimension {embeddings.shape[1]} but the queue holds {self.dim}")
         device = self.embeddings.device
-        if emb.device != device:
-            raise ValueError(f"emb is on {emb.device} but the queue is on {device}")
-        n = emb.shape[0]
+        if embeddings.device != device:
+            raise ValueError(f"embeddings is on {embeddings.device} but the queue is on {device}")
+        n = embeddings.shape[0]
         if labels is not None:
             labels = _validation.check_labels("labels", labels, n, device)
         if ids is not None:
@@ -93,7 +93,7 @@ class FeatureQueue(nn.Module):
             missing = torch.full((n,), MISSING, dtype=torch.long, device=device)
             labels = missing if labels is None else labels
             ids = missing if ids is None else ids
-        rows = [emb.detach().to(self.embeddings.dtype), labels, ids]
+        rows = [embeddings.detach().to(self.embeddings.dtype), labels, ids]
         if self.gather and distributed_world(self.process_group) > 1:
             rows = [all_gather_rows(rows[0], self.process_group),
                     *all_gather_rows(torch.stack(rows[1:], 1), self.process_group).unbind(1)]

@@ -13,10 +13,10 @@ from ._anchors import AnchorBatchSampler
 class CandidatePoolSampler(AnchorBatchSampler):
     """Batch sampler of InsCLR (thesis 3.2, steps 1-3).
 
-    `build_pool(emb)` computes offline, once per cycle, each sample's candidate pool: its `pool_size`
+    `build_pool(embeddings)` computes offline, once per cycle, each sample's candidate pool: its `pool_size`
     most similar samples (exact faiss search, itself excluded; IndexFlatIP on normalised rows for the
     default "cosine"). Each batch then holds `anchors_per_batch` random anchors, each followed by the `k`
-    members of its pool nearest to it under the current embeddings given to `set_embeddings(emb)`
+    members of its pool nearest to it under the current embeddings given to `set_embeddings(embeddings)`
     (cheap: q x pool_size similarities per batch), or under the pool-building embeddings if none were
     set since. Layout as in `AnchorBatchSampler`; the whole pool of an anchor (InsCLR's training pool
     for the memory-bank stage) is `candidate_pool[anchor]`.
@@ -56,10 +56,10 @@ class CandidatePoolSampler(AnchorBatchSampler):
         self.candidate_pool: Optional[torch.Tensor] = None
         self._emb: Optional[torch.Tensor] = None
 
-    def build_pool(self, emb) -> None:
+    def build_pool(self, embeddings) -> None:
         """Recompute the (N, pool_size) candidate pools from (N, D) embeddings; selection then uses them."""
-        arr = as_embeddings("emb", emb)
-        self._check_rows("emb", arr)
+        arr = as_embeddings("embeddings", embeddings)
+        self._check_rows("embeddings", arr)
         _, self.candidate_pool = knn_search(arr, self.pool_size, metric=self.metric, use_gpu=self.use_gpu)
         self._emb = None
 
@@ -80,15 +80,15 @@ class CandidatePoolSampler(AnchorBatchSampler):
         self.candidate_pool = pool.detach().cpu().long()
         self._emb = None
 
-    def set_embeddings(self, emb) -> None:
+    def set_embeddings(self, embeddings) -> None:
         """Current (N, D) embeddings that pick each anchor's k neighbours inside its pool."""
-        arr = prepare(as_embeddings("emb", emb), self.metric)
-        self._check_rows("emb", arr)
+        arr = prepare(as_embeddings("embeddings", embeddings), self.metric)
+        self._check_rows("embeddings", arr)
         self._emb = torch.from_numpy(arr)
 
     def _require_ready(self) -> None:
         if self.candidate_pool is None:
-            raise RuntimeError("call build_pool(emb) or set_candidate_pool(pool) before iterating")
+            raise RuntimeError("call build_pool(embeddings) or set_candidate_pool(pool) before iterating")
 
     def _neighbours(self, anchors: torch.Tensor) -> torch.Tensor:
         pool = self.candidate_pool[anchors]

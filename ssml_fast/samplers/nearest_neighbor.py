@@ -12,7 +12,7 @@ from ._anchors import AnchorBatchSampler
 class NearestNeighborBatchSampler(AnchorBatchSampler):
     """Batch sampler of `anchors_per_batch` random anchors, each with its `k` nearest neighbours.
 
-    The neighbour table is built by `set_embeddings(emb)` (exact faiss search, the sample itself
+    The neighbour table is built by `set_embeddings(embeddings)` (exact faiss search, the sample itself
     excluded); the trainer calls it with fresh embeddings of the whole training set before each epoch.
     Batches have size anchors_per_batch * (k + 1), laid out as described in `AnchorBatchSampler`
     (anchor then its neighbours, nearest first); an epoch has `num_batches` batches, by default
@@ -50,15 +50,15 @@ class NearestNeighborBatchSampler(AnchorBatchSampler):
         if embeddings is not None:
             self.set_embeddings(embeddings)
 
-    def set_embeddings(self, emb) -> None:
+    def set_embeddings(self, embeddings) -> None:
         """Rebuild the (N, k) neighbour table from (N, D) embeddings (tensor or array)."""
-        arr = as_embeddings("emb", emb)
-        self._check_rows("emb", arr)
+        arr = as_embeddings("embeddings", embeddings)
+        self._check_rows("embeddings", arr)
         _, self.neighbours = knn_search(arr, self.k, metric=self.metric, use_gpu=self.use_gpu)
 
     def _require_ready(self) -> None:
         if self.neighbours is None:
-            raise RuntimeError("call set_embeddings(emb) before iterating a NearestNeighborBatchSampler")
+            raise RuntimeError("call set_embeddings(embeddings) before iterating a NearestNeighborBatchSampler")
 
     def _neighbours(self, anchors: torch.Tensor) -> torch.Tensor:
         return self.neighbours[anchors]
