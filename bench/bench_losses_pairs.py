@@ -1,7 +1,8 @@
 """Issue 12 pair / tuple losses, forward + backward, ssml_fast vs PML side by side in one process.
 
 Run: .venv/bin/python bench/bench_losses_pairs.py            (prints a markdown table)
-     SSML_BENCH_B=256 ... for another batch size; SSML_BENCH_THREADS (default 1) sets torch's threads.
+     SSML_BENCH_B=256 ... for another batch size; SSML_BENCH_THREADS (default 1) sets torch's threads;
+     SSML_BENCH_LOSSES=circle,angular for a subset.
 Workload: embeddings (B, 128) float32 randn (as bench/loss_workloads.py), B = 1024, 4 samples per class,
 PML 2.9's class with the same (default) arguments; each call computes the loss and its gradient w.r.t. a
 fresh leaf copy of the embeddings. Ours and PML's alternate call by call (bench/_round_robin.py), so a load
@@ -67,7 +68,8 @@ def main():
           f"torch {torch.__version__}, threads={torch.get_num_threads()}; B={B} D={D} {M}/class")
     print("| loss | ours ms | PML ms | PML / ours | ours peak MB | PML peak MB |")
     print("|---|---|---|---|---|---|")
-    for name in NAMES:
+    names = os.environ.get("SSML_BENCH_LOSSES", ",".join(NAMES)).split(",")
+    for name in names:
         impls = ["ssml"] + (["pml"] if _losses(name)[1] is not None else [])
         fns = {k: make_workload(name, k, B) for k in impls}
         for f in fns.values():

@@ -112,13 +112,16 @@ def _to_blocks(M, rows, identity, k, C):
     return out.view(C, k, M.shape[1])
 
 
-def _shifted_exp(M, excl, k4):
-    """exp(k4 (M - m)) off `excl` (0 on it), m the row maximum off excl (rows without entries: 0)."""
-    T = torch.where(excl, torch.tensor(-torch.inf, dtype=M.dtype, device=M.device), M)  # (masked_fill: 10x slower)
+def _shifted_exp(M, excl, k4, inplace=False):
+    """exp(k4 (M - m)) off `excl` (0 on it), m the row maximum off excl (rows without entries: 0); M is
+    overwritten with inplace=True, k4 = 1 skips the scaling (M already scaled)."""
+    ninf = torch.tensor(-torch.inf, dtype=M.dtype, device=M.device)
+    T = torch.where(excl, ninf, M, out=M) if inplace else torch.where(excl, ninf, M)  # (masked_fill: 10x slower)
     m = T.amax(dim=1, keepdim=True)
     has = torch.isfinite(m)
     m = torch.where(has, m, 0.0)
-    return T.sub_(m).mul_(k4).exp_(), m.squeeze(1), has.squeeze(1)
+    T = T.sub_(m)
+    return (T if k4 == 1.0 else T.mul_(k4)).exp_(), m.squeeze(1), has.squeeze(1)
 
 
 def _slots(a: torch.Tensor, B: int):
@@ -136,14 +139,17 @@ def _slots(a: torch.Tensor, B: int):
         yield order[sel], (None if rows.numel() == B else rows)
 
 
-def _core_forward(ctx, G, H, c, a, p, excl, exclH, k4, k2, same_label, blocks):
+def _core_forward(ctx, G, H, c, a, p, excl, exclH, k4, k2, same_label, blocks, G_raw=None):
     """Per-pair losses l_k = softplus(f_k), f_k = log sum_{n not in excl[a_k]} exp(k4 (G[a_k, n] + H[p_k, n]))
     - k2 c_k (H None: the batch itself, H = G). Factorised: A = exp(k4 (G - mG)) off excl, Bm likewise for H
-    (the batch itself: Bm = A), f_k = log E_k + k4 (mG_a + mH_p) - k2 c_k with E_k = A[a_k] . Bm[p_k]."""
+    (the batch itself: Bm = A), f_k = log E_k + k4 (mG_a + mH_p) - k2 c_k with E_k = A[a_k] . Bm[p_k].
+    G_raw: G is k4 G already, owned (overwritten), and G_raw() gives G for the exact pair path."""
     B = G.shape[0]
     ctx.k4, ctx.k2, ctx.self_ref = k4, k2, H is None
     if same_label:
-        A, mG, has_neg = _shifted_exp(G, excl, k4)
+        A, mG, has_neg = _shifted_exp(G, excl, 1.0, inplace=True) if G_raw is not None else _shifted_exp(G, excl, k4)
+        if G_raw is not None:
+            mG = mG / k4
         Bm, mH, _ = (A, mG, None) if H is None else _shifted_exp(H, exclH, k4)
         if blocks is not None:
             Ab = _to_blocks(A, blocks.row_a, blocks.identity_a, blocks.ka, blocks.C)
@@ -161,6 +167,8 @@ def _core_forward(ctx, G, H, c, a, p, excl, exclH, k4, k2, same_label, blocks):
             ctx.mode = "factored"
             ctx.fsaved = (A, Bm, E, f, a, p) + ((Ab, Bb) if blocks is not None else ())
             return F.softplus(f)
+    if G_raw is not None:
+        G = G_raw()
     Hm = G if H is None else H
     losses, size = _pairs_forward(G, Hm, c, a, p, excl, k4, k2)
     ctx.mode, ctx.size = "pairs", size
@@ -168,8 +176,9 @@ def _core_forward(ctx, G, H, c, a, p, excl, exclH, k4, k2, same_label, blocks):
     return losses
 
 
-def _core_backward(ctx, g):
-    """(dG, dH, dc) for the upstream per-pair gradient g; the batch itself: dH None (summed into dG)."""
+def _core_backward(ctx, g, col_scale=None):
+    """(dG, dH, dc) for the upstream per-pair gradient g; the batch itself: dH None (summed into dG).
+    col_scale (factorised mode only): dG's columns times col_scale / k4 (the caller's chain rule folded in)."""
     k4, k2 = ctx.k4, ctx.k2
     if ctx.mode == "pairs":
         G, H, c, a, p, excl, losses = ctx.fsaved
@@ -189,7 +198,7 @@ def _core_backward(ctx, g):
             return flat if identity else flat.index_select(0, rows)
         if ctx.self_ref:
             T = rows_of(torch.bmm(Q + Q.transpose(1, 2), Ab), b.row_a, b.identity_a)
-            return T.mul_(A).mul_(k4), None, dc
+            return T.mul_(A).mul_(k4 if col_scale is None else col_scale[None, :]), None, dc
         T = rows_of(torch.bmm(Q, Bb), b.row_a, b.identity_a)
         U = rows_of(torch.bmm(Q.transpose(1, 2), Ab), b.row_p, b.identity_p)
         return T.mul_(A).mul_(k4), U.mul_(Bm).mul_(k4), dc
@@ -204,7 +213,7 @@ def _core_backward(ctx, g):
         else:
             T.index_add_(0, rows, Bm.index_select(0, pi).mul_(qi))
             U.index_add_(0, pi, A.index_select(0, rows).mul_(qi))
-    dG = T.mul_(A).mul_(k4)
+    dG = T.mul_(A).mul_(k4 if col_scale is None else col_scale[None, :])
     return dG, (None if ctx.self_ref else U.mul_(Bm).mul_(k4)), dc
 
 
@@ -216,8 +225,9 @@ class _AngularSelf(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xa, n, a, p, excl, k4, k2, same_label, blocks):
         S = xa @ xa.T
-        G = S * n[None, :]
-        losses = _core_forward(ctx, G, None, S[a, p], a, p, excl, None, k4, k2, same_label, blocks)
+        # k4 G = S diag(k4 n) in one pass, overwritten by A; G itself only for the exact pair path
+        losses = _core_forward(ctx, S * (k4 * n)[None, :], None, S[a, p], a, p, excl, None, k4, k2, same_label,
+                               blocks, G_raw=lambda: S * n[None, :])
         ctx.save_for_backward(xa, n, S, a, p)
         return losses
 
@@ -225,9 +235,14 @@ class _AngularSelf(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         xa, n, S, a, p = ctx.saved_tensors
-        dG, _, dc = _core_backward(ctx, g)
-        dn = (dG * S).sum(dim=0)
-        dS = dG.mul_(n[None, :]).index_put_((a, p), dc, accumulate=True)
+        if ctx.mode == "factored":
+            dS, _, dc = _core_backward(ctx, g, col_scale=ctx.k4 * n)  # dG diag(n) straight away
+            dn = torch.where(n > 0, (dS * S).sum(dim=0) / torch.where(n > 0, n, 1.0), 0.0)
+        else:
+            dG, _, dc = _core_backward(ctx, g)
+            dn = (dG * S).sum(dim=0)
+            dS = dG.mul_(n[None, :])
+        dS.index_put_((a, p), dc, accumulate=True)
         return dS.T.contiguous().add_(dS) @ xa, dn, None, None, None, None, None, None, None
 
 
