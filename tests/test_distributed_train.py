@@ -4,8 +4,8 @@ One `torchrun --standalone --nproc_per_node 2` launch runs this file as a script
 `supervised` and `stml` for one epoch on the 300-image digits subset of tests/test_train_loop.py, once
 with the default (augmented) configs and once with augmentation off and SyncBatchNorm (then a 2-process
 run must be the 1-process run up to float rounding), resumes the supervised run for a second epoch from
-a world-size-2 checkpoint, and runs `ssml-fast train` itself under torchrun. The 1-process references
-run in the pytest process.
+a world-size-2 checkpoint, and runs `ssml-fast train` (cli.main) in the same torchrun processes. The
+1-process references run in the pytest process.
 
 MNIST-5k (the issue's full-size comparison) is run by bench/bench_distributed.py: one epoch of it takes
 too long for the suite's budget on this machine.
@@ -77,6 +77,18 @@ def _worker(out_dir: str) -> None:
     # resume: a world-size-2 checkpoint, one more epoch on 2 ranks (the test resumes it on 1 process too)
     results["resume_first"] = _summary(*train("supervised", RESUME, out / "resume"))
     results["supervised_resumed"] = _summary(*train("supervised", RESUME, out / "resume", resume=True, epochs=2))
+    # `ssml-fast train` itself, in these torchrun processes (what `torchrun -m ssml_fast.cli train ...` runs)
+    import contextlib
+    import io
+
+    from ssml_fast.cli import main as cli_main
+    from ssml_fast.distributed import all_gather_object
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli_main(["train", "--method", "supervised", "--dataset", "digits", "--epochs", "1", "--set",
+                         "batch_size=128", "--device", "cpu", "--val-mode", "none", "--out", str(out / "cli")])
+    results["cli"] = all_gather_object({"code": code, "stdout": printed.getvalue()})
     results["files"] = {d.name: sorted(p.name for p in d.iterdir()) for d in out.iterdir() if d.is_dir()}
     if dist.get_rank() == 0:
         (out / "results.json").write_text(json.dumps(results))
@@ -163,12 +175,11 @@ def test_resume_continues_from_a_two_process_checkpoint(distributed_runs, tmp_pa
     assert result["history"][:2] == hist
 
 
-def test_cli_train_runs_unchanged_under_torchrun(tmp_path):
-    out = tmp_path / "cli"
-    proc = _torchrun(["-m", "ssml_fast.cli", "train", "--method", "supervised", "--dataset", "digits", "--epochs", "1",
-                      "--set", "batch_size=128", "--device", "cpu", "--out", str(out)], cwd=tmp_path)
-    assert (out / "last.pt").is_file() and (out / "summary.json").is_file()
-    assert proc.stdout.count("test (unseen classes") == 1, proc.stdout  # printed by rank 0 only
+def test_cli_train_runs_unchanged_under_torchrun(distributed_runs):
+    out, res = distributed_runs
+    assert [r["code"] for r in res["cli"]] == [0, 0]
+    assert "last.pt" in res["files"]["cli"] and "summary.json" in res["files"]["cli"]
+    assert [r["stdout"].count("test (unseen classes") for r in res["cli"]] == [1, 0]  # rank 0 reports
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:
