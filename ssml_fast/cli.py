@@ -266,7 +266,7 @@ def _flagged(fn, *args, **kw):
         return _checked(fn, *args, **kw)
     except UsageError as e:
         msg = str(e)
-        for name in ("images", "out", "checkpoint", "query", "index", "nprobe", "metric", "batch_size", "k"):
+        for name in ("images", "out", "checkpoint", "query", "index", "nprobe", "nlist", "metric", "batch_size", "k"):
             if msg.startswith(name + ":") or msg.startswith(name + " must"):
                 raise UsageError("--" + name.replace("_", "-") + msg[len(name):]) from None
         raise
@@ -285,7 +285,7 @@ def cmd_index(args) -> int:
     from .search import AddReport, Index, build_index
 
     for flag, v, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
-                         ("--nprobe", args.nprobe, 1)):
+                         ("--nprobe", args.nprobe, 1), ("--nlist", args.nlist, 1)):
         if v is not None and v < low:
             raise UsageError(f"{flag} must be >= {low}, got {v}")
     device = _device_arg(args.device)
@@ -294,8 +294,8 @@ def cmd_index(args) -> int:
     if args.append:
         if not (out / "meta.json").is_file():
             raise UsageError(f"--append: {out} holds no index yet (build it first, without --append)")
-        if args.index_type != "auto" or args.metric or args.overwrite:
-            raise UsageError("--index-type / --metric / --overwrite apply to a new index, not to --append")
+        if args.index_type != "auto" or args.metric or args.overwrite or args.nlist:
+            raise UsageError("--index-type / --nlist / --metric / --overwrite apply to a new index, not to --append")
         index = _flagged(Index.load, out, device=device)
         if args.nprobe is not None:
             raise UsageError("--nprobe with --append: pass it to `ssml-fast search --nprobe` instead")
@@ -308,7 +308,7 @@ def cmd_index(args) -> int:
                              "that embeds the images")
         report = AddReport()
         index = _flagged(build_index, args.checkpoint, args.images, out, index_type=args.index_type,
-                         nprobe=args.nprobe, metric=args.metric, batch_size=args.batch_size,
+                         nprobe=args.nprobe, nlist=args.nlist, metric=args.metric, batch_size=args.batch_size,
                          num_workers=args.workers, device=device, show_progress=show, overwrite=args.overwrite,
                          report=report)
     for path, reason in report.failed:
@@ -364,6 +364,7 @@ def _add_search_parsers(sub) -> None:
                    help="auto (default): exact below 50,000 images, IVF from there on")
     x.add_argument("--nprobe", type=int, help="IVF cells (HNSW: efSearch) searched per query (default: "
                    "calibrated for recall@10 >= 0.97 against exact search)")
+    x.add_argument("--nlist", type=int, help="IVF cells (default sqrt(number of images))")
     x.add_argument("--metric", choices=["cosine", "euclidean"], help="default: the method's own")
     x.add_argument("--append", action="store_true", help="add the images not yet in the index at --out "
                    "(the checkpoint, if given, must be the one the index was built with)")

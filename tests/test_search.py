@@ -240,6 +240,7 @@ def test_cli_errors_name_the_argument(capsys, checkpoint, folder, flat_index, tm
         (["index", "--images", folder, "--out", tmp_path / "o"], "--checkpoint"),
         (["index", "--checkpoint", checkpoint, "--images", folder, "--out", flat_index.folder], "--out"),
         (["index", "--checkpoint", checkpoint, "--images", folder, "--out", tmp_path / "o", "--nprobe", "0"], "--nprobe"),
+        (["index", "--checkpoint", checkpoint, "--images", folder, "--out", tmp_path / "o", "--nlist", "0"], "--nlist"),
         (["index", "--images", folder, "--out", tmp_path / "none", "--append"], "--append"),
     ]
     for argv, flag in cases:

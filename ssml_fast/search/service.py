@@ -346,13 +346,14 @@ def images_of(images, arg: str = "images") -> list[Path]:
 
 
 def build_index(checkpoint: str | os.PathLike, images, out: str | os.PathLike, *, index_type: str = "auto",
-                nprobe: Optional[int] = None, metric: Optional[str] = None, batch_size: int = 64,
+                nprobe: Optional[int] = None, nlist: Optional[int] = None, metric: Optional[str] = None, batch_size: int = 64,
                 num_workers: int = 0, device="cpu", show_progress=None, overwrite: bool = False,
                 flat_max: int = faiss_index.FLAT_MAX, report: Optional[AddReport] = None) -> Index:
     """Embeds every image of `images` (a folder, recursive, or a list of files) with the method of
     `checkpoint` and writes an index folder `out`. Everything is checked before the first image is decoded:
     the checkpoint, the images, index_type / nprobe / metric, and that `out` holds no index yet (unless
-    `overwrite`). Unreadable images are skipped (listed in `report.failed` and meta.json's "skipped")."""
+    `overwrite`). nlist (ivf cells) defaults to sqrt(N); nprobe (ivf) / efSearch (hnsw) to a calibrated value.
+    Unreadable images are skipped (listed in `report.failed` and meta.json's "skipped")."""
     from ..train.restore import file_sha256, read_checkpoint, restore_method
 
     t0 = time.perf_counter()
@@ -365,6 +366,8 @@ def build_index(checkpoint: str | os.PathLike, images, out: str | os.PathLike, *
         raise ValueError(f"index_type must be auto, flat, ivf or hnsw, got {index_type!r}")
     if nprobe is not None:
         _positive_int("nprobe", nprobe)
+    if nlist is not None:
+        _positive_int("nlist", nlist)
     if metric is not None and metric not in faiss_index.METRICS:
         raise ValueError(f"metric must be cosine or euclidean, got {metric!r}")
     _positive_int("batch_size", batch_size)
@@ -413,7 +416,8 @@ def build_index(checkpoint: str | os.PathLike, images, out: str | os.PathLike, *
     dim = writer.dim
     paths = [store.stored_path(files[i], root) for i in ok]
     vectors = store.open_vectors(out, len(paths), dim)
-    plan = faiss_index.plan_index(len(paths), index_type, metric, nprobe=nprobe, ef_search=nprobe, flat_max=flat_max)
+    plan = faiss_index.plan_index(len(paths), index_type, metric, nlist=nlist, nprobe=nprobe, ef_search=nprobe,
+                                  flat_max=flat_max)
     plan.search_fixed = nprobe is not None
     faiss_obj = faiss_index.build(plan, vectors)
     plan = faiss_index.calibrate(faiss_obj, plan, vectors)
