@@ -152,6 +152,27 @@ def test_vectorised_mining_matches_the_loop_reference(score, et, exclude_rejecte
     assert picked > 0 and unpicked > 0  # the sweep exercises both selection and rejection
 
 
+def test_mining_with_more_groups_than_one_bitmap_word_and_none():
+    # The N0 exclusion keeps one bit per group in 64-bit words: 70 groups need two words.
+    gen = torch.Generator().manual_seed(3)
+    N, P, D, G, M = 90, 15, 6, 70, 3
+    feats = torch.nn.functional.normalize(torch.randn(N, D, generator=gen, dtype=torch.float64) + 0.8, dim=1)
+    sims = feats @ feats.T
+    sims.fill_diagonal_(-2)
+    pool_sim, pool = sims.topk(P, dim=1)
+    anchors = torch.randint(0, N, (G,), generator=gen)
+    members = torch.stack([torch.cat([a[None], pool[a, :M - 1]]) for a in anchors])
+    accepted = torch.rand(G, M, generator=gen) < 0.7
+    accepted[:, 0] = True
+    m = mine_positives(pool, pool_sim, members, accepted, feats, positive_threshold=0.92, negative_threshold=0.75,
+                       expansion_threshold=0.8, rounds=2, k=2)
+    ref = reference_mine(pool, pool_sim, members, accepted, feats, 0.92, 0.75, 0.8, 2, 2, "thresholded_mean", True)
+    assert _rows(m.negatives) == [r["negatives"] for r in ref]
+    assert _rows(m.positives) == [r["positives"] for r in ref]
+    empty = mine_positives(pool, pool_sim, members[:0], accepted[:0], feats)
+    assert empty.positives.shape[0] == empty.negatives.shape[0] == empty.negative_entries.shape[0] == 0
+
+
 def test_mining_rejects_bad_arguments():
     pool, sim, members, accepted, feats = _hand_made()
     with pytest.raises(ValueError, match="positive_threshold"):
@@ -169,7 +190,7 @@ def _mined(positives, negatives, candidates=None):
 
     t = lambda rows: torch.tensor(rows, dtype=torch.long)  # noqa: E731
     pos = t(positives)
-    return MinedPositives(initial=pos, rounds=[], positives=pos, negatives=t(negatives),
+    return MinedPositives(initial=pos, rounds=[], positives=pos, negative_entries=t(negatives),
                           candidates=t(candidates) if candidates is not None else pos[:, :0])
 
 
