@@ -6,7 +6,8 @@ TORCH_LIBRARY(ssml_fast, m) {
   // x: (B, D), y: (R, D), same float dtype and device -> (B, R) distances.
   // metric: "euclidean" | "sqeuclidean" | "cosine" (1 - cosine similarity).
   m.def("pairwise_distance(Tensor x, Tensor y, str metric) -> Tensor");
-  // grad, dist: (B, R) -> (grad_x (B, D), grad_y (R, D)).
+  // grad, dist: (B, R) -> (grad_x (B, D), grad_y (R, D)); when y is x (one tensor), (the whole gradient of
+  // that tensor, zeros): autograd adds the two, and the sum costs one GEMM instead of two.
   m.def("pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor dist, str metric) -> (Tensor, Tensor)");
 
   // dist: (B, R) anchor-to-reference distances; labels: (B,) int64; ref_labels: (R,) int64.

@@ -1,6 +1,6 @@
 #pragma once
 // Device-agnostic body of pairwise_distance (forward and backward): one GEMM forward, two GEMMs
-// backward, all through ATen so they hit cuBLAS / MKL. Only the element-wise epilogues differ by
+// backward (one when y is x), all through ATen so they hit cuBLAS / MKL. Only the element-wise epilogues differ by
 // device; each backend passes its own.
 #include <ATen/core/Tensor.h>
 #include <ATen/TensorOperators.h>
@@ -90,7 +90,14 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
   const FullFloat32Matmul full_precision;
   at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
   at::Tensor h = ep.grad_coef(grad.contiguous(), dist.contiguous(), metric);
+  // y is x (a batch against itself, the common case): autograd adds the two gradients of the one input,
+  // and since both are linear in H, their sum is the x-gradient of H + H^T: one GEMM instead of two. The
+  // whole gradient then comes back as the first output and the second is zero.
+  const bool same = x_in.is_same(y_in);
+  // (A blocked contiguous transpose plus an in-place add: h + h.t() reads h strided, as slow as the GEMM.)
+  if (same) h = h.t().contiguous().add_(h);
   if (metric != Metric::Cosine) {
+    if (same) return {h.sum(1, /*keepdim=*/true) * x - at::mm(h, x), at::zeros_like(y)};
     at::Tensor gx = h.sum(1, /*keepdim=*/true) * x - at::mm(h, y);
     at::Tensor gy = h.sum(0).unsqueeze(1) * y - at::mm(h.t(), x);
     return {gx, gy};
@@ -101,6 +108,7 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
     at::Tensor projected = (g_unit - (g_unit * unit).sum(1, true) * unit) / norm;
     return at::where(norm > kNormEps, projected, g_unit / kNormEps);
   };
+  if (same) return {through_normalize(at::mm(h, xh), xh, nx), at::zeros_like(y)};
   return {through_normalize(at::mm(h, yh), xh, nx), through_normalize(at::mm(h.t(), xh), yh, ny)};
 }
 

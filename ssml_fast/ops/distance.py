@@ -1,4 +1,4 @@
-"""Pairwise distance matrix: one GEMM forward, two GEMMs backward (op `ssml_fast::pairwise_distance`)."""
+"""Pairwise distance matrix: one GEMM forward, two GEMMs backward, one when y is x (op `ssml_fast::pairwise_distance`)."""
 from __future__ import annotations
 
 import torch
