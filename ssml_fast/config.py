@@ -76,6 +76,17 @@ def apply_overrides(config, overrides: Mapping[str, Any], source: str = "") -> A
     types = _field_types(cls)
     where = f"{source}: " if source else ""
     values = dataclasses.asdict(config)
+    # A config may tie fields together: `defaults_when_set(key, value)` gives the fields that setting `key`
+    # resets (supervised: a new `loss` resets `loss_kwargs` to that loss's defaults, so `loss=arcface` does not
+    # inherit triplet's margin). Resets apply first, so dotted keys of the same source still land on top; a
+    # field given whole in the same source wins.
+    hook = getattr(cls, "defaults_when_set", None)
+    if hook is not None:
+        given = {str(k) for k in overrides}
+        for key, value in overrides.items():
+            for dep, dep_value in (hook(str(key), value) or {}).items():
+                if dep not in given:
+                    values[dep] = dep_value
     for key, value in overrides.items():
         head, _, rest = str(key).partition(".")
         if head not in types:

@@ -35,6 +35,17 @@ def test_overrides_are_typed_and_checked():
         apply_overrides(cfg, {"lr": -1.0})
 
 
+def test_setting_the_loss_resets_its_kwargs_to_that_losses_defaults():
+    cfg = make_config("supervised")
+    ms = apply_overrides(cfg, {"loss": "multi_similarity", "loss_kwargs.alpha": 2})
+    assert ms.loss_kwargs == {"alpha": 2}                     # not triplet's margin / mining
+    assert apply_overrides(cfg, {"loss_kwargs.alpha": 2, "loss": "multi_similarity"}).loss_kwargs == {"alpha": 2}
+    assert apply_overrides(cfg, {"loss": "arcface", "loss_kwargs": {"margin": 30}}).loss_kwargs == {"margin": 30}
+    assert apply_overrides(ms, {"loss": "triplet"}).loss_kwargs == {"margin": 0.2, "mining": "all"}
+    assert apply_overrides(cfg, {"miner": "batch_hard"}).miner_kwargs == {}
+    make_config("supervised", "small", [("--set", {"loss": "arcface"})])   # validates (used to fail on margin)
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_has_official_and_small_presets_that_validate(name):
     official = make_config(name)

@@ -37,6 +37,16 @@ class SupervisedConfig(MethodConfig):
     embedding_dim: int = 128                   # head output (ignored by the identity head)
     normalize: bool = True                     # L2-normalise the embedding
 
+    @staticmethod
+    def defaults_when_set(key: str, value) -> dict:
+        """Setting `loss` (or `miner`) alone also resets its kwargs to that loss's (miner's) defaults: a triplet
+        margin means nothing to ArcFace (config.apply_overrides calls this)."""
+        if key == "loss" and isinstance(value, str):
+            return {"loss_kwargs": dict(SPEC_LOSS_KWARGS.get(value, {}))}
+        if key == "miner":
+            return {"miner_kwargs": {}}
+        return {}
+
     def __post_init__(self):
         super().__post_init__()
         if self.loss_lr is not None and not self.loss_lr > 0:
