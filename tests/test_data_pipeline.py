@@ -197,3 +197,18 @@ def test_ranks_draw_different_views_for_the_same_slot():
     r1 = list(k.reset([[1, 2]], 0, 0, 0, rank=1))[0]
     alone = list(k.reset([[1, 2]], 0, 0, 0))[0]
     assert r0[0][1] != r1[0][1] and alone[0][1] == item_seed(0, 0, 0, 0, 0)
+
+
+def test_sharded_batches_draw_the_views_of_one_process():
+    # Under torchrun each rank holds a slice of the global batch; its view seeds follow the global slot, so
+    # two processes augment exactly as one does (file-backed DDP runs equal 1-process runs).
+    from ssml_fast.data.pipeline import KeyedBatchSampler
+    from ssml_fast.samplers.distributed import DistributedBatchSampler
+
+    batches = [[5, 1, 7, 3], [2, 0, 6, 4]]
+    one = [x for b in KeyedBatchSampler().reset(DistributedBatchSampler(batches, rank=0, world_size=1), 3, 0, 1)
+           for x in b]
+    shards = [list(KeyedBatchSampler().reset(DistributedBatchSampler(batches, rank=r, world_size=2), 3, 0, 1))
+              for r in range(2)]
+    two = [x for step in range(2) for r in range(2) for x in shards[r][step]]
+    assert two == one and len({s for _, s in one}) == len(one)

@@ -73,7 +73,8 @@ class KeyedBatchSampler:
 
     def reset(self, sampler, seed: int, stage: int, epoch: int, skip: int = 0,
               rank: int | None = None) -> "KeyedBatchSampler":
-        """`rank` (under torchrun, with a sharded sampler): slot j of every rank's shard gets its own seed."""
+        """`rank` (under torchrun, with a sampler that is not a DistributedBatchSampler): slot j of every rank's
+        shard gets its own seed. A DistributedBatchSampler's shards are keyed by their global slots instead."""
         self.sampler, self.key, self.skip = sampler, (int(seed), int(stage), int(epoch)), int(skip)
         self.rank = () if rank is None else (int(rank),)
         return self
@@ -86,7 +87,13 @@ class KeyedBatchSampler:
         for step, batch in enumerate(self.sampler):
             if step < self.skip:
                 continue
-            yield [(int(i), item_seed(seed, stage, epoch, step, slot, *self.rank)) for slot, i in enumerate(batch)]
+            # A rank's shard of a global batch (samplers.DistributedBatchSampler) keys its views by the global
+            # slot, so N processes draw exactly the views one process draws for the same global batch.
+            offset = getattr(self.sampler, "last_offset", None)
+            if offset is not None:
+                yield [(int(i), item_seed(seed, stage, epoch, step, offset + slot)) for slot, i in enumerate(batch)]
+            else:
+                yield [(int(i), item_seed(seed, stage, epoch, step, slot, *self.rank)) for slot, i in enumerate(batch)]
 
 
 def _worker_init(_worker_id: int) -> None:

@@ -50,6 +50,7 @@ class DistributedBatchSampler:
             raise ValueError(f"batch_size={size} is smaller than the world size {self.world_size}: some rank "
                              "would get an empty shard")
         self.last_global_size = 0
+        self.last_offset = 0  # position of this rank's shard in the last global batch (file-backed view seeds)
 
     @property
     def unit(self) -> int:
@@ -81,6 +82,8 @@ class DistributedBatchSampler:
         for batch in self.sampler:
             self.last_global_size = len(batch)
             if self.world_size == 1:
+                self.last_offset = 0
                 yield list(batch)
             else:
+                self.last_offset = shard_bounds(len(batch), self.rank, self.world_size)[0]
                 yield self.shard(batch)
