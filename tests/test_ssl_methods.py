@@ -171,6 +171,7 @@ def _barlow_reference(z1, z2, lambd):
 def test_barlow_twins_loss_matches_the_official_code():
     _gradcheck_pair(barlow_twins_loss, _barlow_reference, (8, 5), (8, 5), lambd=0.0051)
     _gradcheck_pair(barlow_twins_loss, _barlow_reference, (6, 3), (6, 3), seed=1, lambd=0.5)
+    _gradcheck_pair(barlow_twins_loss, _barlow_reference, (4, 9), (4, 9), seed=2, lambd=0.5)  # B < D: Gram path
     with pytest.raises(ValueError, match="z1 and z2"):
         barlow_twins_loss(torch.randn(1, 3), torch.randn(1, 3))
 
@@ -191,9 +192,9 @@ def _vicreg_reference(x, y, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0):
 def test_vicreg_loss_matches_the_official_code():
     # Small values so that some per-dimension stds are below 1 and the hinge is active.
     g = torch.Generator().manual_seed(3)
-    for scale in (0.3, 2.0):
-        x = (torch.randn(9, 4, generator=g, dtype=torch.float64) * scale).requires_grad_()
-        y = (torch.randn(9, 4, generator=g, dtype=torch.float64) * scale).requires_grad_()
+    for scale, (b, d) in ((0.3, (9, 4)), (2.0, (9, 4)), (0.3, (4, 9))):  # (4, 9): B < D, the Gram path
+        x = (torch.randn(b, d, generator=g, dtype=torch.float64) * scale).requires_grad_()
+        y = (torch.randn(b, d, generator=g, dtype=torch.float64) * scale).requires_grad_()
         va, vb = vicreg_loss(x, y), _vicreg_reference(x, y)
         torch.testing.assert_close(va, vb)
         ga, gb = torch.autograd.grad(va, (x, y)), torch.autograd.grad(vb, (x, y))
