@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import faiss_index, store
-from .images import EvalTransform, is_image_file, list_images, open_image, transform_spec
+from .images import EvalTransform, is_image_file, list_images, transform_spec
 from .reranking import RerankParams, rerank_shortlist
 from .streaming import embed_paths
 
