@@ -77,8 +77,10 @@ class MarginLoss(MetricLoss):
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         B = embeddings.shape[0]
         R = B if ref_emb is None else ref_emb.shape[0]
-        if len(self.beta) > 1 and labels is None:
-            raise ValueError("MarginLoss with per-class betas (num_classes) needs labels")
+        if len(self.beta) > 1:
+            if labels is None:
+                raise ValueError("MarginLoss with per-class betas (num_classes) needs labels")
+            self._betas(labels, embeddings.dtype, embeddings.device)  # label range checked before any work
         if indices_tuple is None and self.triplets_per_anchor == "all" and _is_divisor(self.reducer):
             return self._matrix_form(embeddings, labels, ref_emb, ref_labels)
         device = embeddings.device
