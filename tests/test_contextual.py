@@ -5,30 +5,7 @@ import torch
 from ssml_fast.ops import ContextualSimilarity, contextual_similarity
 
 from conftest import requires_cuda
-
-
-def reference(emb, k, sigma=3.0, ids=None):
-    """Dense float64, one formula per line, Python loops over rows. Returns (w, w_p, w_c)."""
-    t = emb.detach().double().cpu()
-    t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    n = t.shape[0]
-    d2 = ((t[:, None, :] - t[None, :, :]) ** 2).sum(-1)
-    w_p = torch.exp(-d2 / sigma)  # (3.15)
-
-    def order_key(i, j):  # i itself, then rows sharing its id, then by distance; ties to the lower index
-        group = 0 if j == i else (1 if ids is not None and int(ids[j]) == int(ids[i]) else 2)
-        return (group, float(d2[i, j]), j)
-
-    N = [sorted(range(n), key=lambda j: order_key(i, j))[:k] for i in range(n)]
-    R = [{j for j in N[i] if i in N[j]} for i in range(n)]  # (3.16)
-    w_tilde = torch.zeros(n, n, dtype=torch.float64)
-    for i in range(n):
-        for j in R[i]:
-            w_tilde[i, j] = len(R[i] & R[j]) / len(R[i])  # (3.17)
-    m = max(1, round(k / 2))  # Python's round is half to even, like numpy; k = 1 keeps i itself
-    w_hat = torch.stack([w_tilde[N[i][:m]].mean(0) for i in range(n)])  # (3.18)
-    w_c = (w_hat + w_hat.T) / 2  # (3.19)
-    return (w_p + w_c) / 2, w_p, w_c  # (3.20)
+from reference.contextual import dyadic, reference  # noqa: F401  (test_stml imports reference from here)
 
 
 def assert_matches(emb, k, sigma=3.0, ids=None, atol=1e-5):
@@ -38,15 +15,6 @@ def assert_matches(emb, k, sigma=3.0, ids=None, atol=1e-5):
         assert g.dtype == torch.float32 and g.device == emb.device
         torch.testing.assert_close(g.cpu().double(), r, atol=atol, rtol=0, msg=lambda s: f"{name}: {s}")
     return got
-
-
-def dyadic(n, d=16, seed=0, levels=None):
-    """Rows of +-0.25 over 16 dims: unit norm exactly, every distance exact in float32 -> exact ties."""
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.randint(0, 2, (n, d), generator=g) * 2 - 1).float() * 0.25
-    if levels is not None:  # fewer distinct rows -> many duplicates
-        x = x[torch.randint(0, levels, (n,), generator=g)]
-    return x
 
 
 @pytest.mark.parametrize("n,k", [(1, 1), (2, 1), (2, 2), (7, 1), (7, 3), (13, 5), (13, 13), (40, 10), (40, 20),

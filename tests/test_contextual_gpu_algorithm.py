@@ -1,6 +1,6 @@
 """The CUDA backend's contextual_similarity (common/contextual_gpu_host.h + the per-element bodies of
 common/contextual_kernels.h), run on the CPU through the private op _contextual_similarity_gpu_algorithm, against
-the CPU kernel and the plain reference of tests/test_contextual.py.
+the CPU kernel and the plain reference of tests/reference/contextual.py.
 
 The two kernels rank differently (an O(n) count per entry vs a per-row selection), find duplicate rows differently
 (unique_dim vs hashing), decide dense vs sparse expansion from different work estimates and sum the expansion in
@@ -8,7 +8,7 @@ different orders; every one of them keeps the numbers, so on the same inputs the
 import pytest
 import torch
 
-from test_contextual import dyadic, reference
+from reference.contextual import dyadic, reference
 
 gpu_algorithm = torch.ops.ssml_fast._contextual_similarity_gpu_algorithm
 cpu_op = torch.ops.ssml_fast.contextual_similarity

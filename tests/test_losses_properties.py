@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ssml_fast import losses as L
-from tests.reference import losses as ref
+from reference import losses as ref
 
 # name -> (factory, call(loss, emb, labels) -> 0-d). Labelled losses use the PML call shape.
 LABELLED = {

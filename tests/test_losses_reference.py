@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ssml_fast import losses as L
-from tests.reference import losses as ref
+from reference import losses as ref
 
 
 def batch(B=10, n_classes=3, D=5, seed=0, dtype=torch.float64):

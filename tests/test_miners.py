@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from ssml_fast import losses as L
 from ssml_fast import miners as M
-from tests.reference import losses as ref
+from reference import losses as ref
 
 
 def batch(B, n_classes, D=4, seed=0, dtype=torch.float64):

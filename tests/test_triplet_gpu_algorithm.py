@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from ssml_fast import ops
-from tests.reference.triplet import brute_force_triplet_loss
+from reference.triplet import brute_force_triplet_loss
 
 sorted_op = torch.ops.ssml_fast._triplet_margin_loss_from_dist_sorted
 fused_op = torch.ops.ssml_fast.triplet_margin_loss_from_dist

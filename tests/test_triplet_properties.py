@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from ssml_fast import ops
-from tests.reference.triplet import brute_force_triplet_loss
+from reference.triplet import brute_force_triplet_loss
 
 
 @st.composite

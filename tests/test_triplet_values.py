@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ssml_fast import ops
-from tests.reference.triplet import brute_force_triplet_loss
+from reference.triplet import brute_force_triplet_loss
 
 MININGS = ["all", "hard", "semihard"]
 DISTANCES = ["euclidean", "sqeuclidean", "cosine"]
