@@ -288,14 +288,15 @@ def test_parity_with_pml_ref_emb_and_mined_tuples(name, ours, pml):
             pml_same(lambda e: o2(e, y), lambda e: q2(e, y), x)
 
 
-def test_parity_large_batch_float32_paths():
+def test_parity_large_batch_float32_paths(device):
     """B = 64 per-class and unequal classes in float32: the class-block, slot and exact pair paths of
-    AngularLoss, and the GEMM paths of Circle / SupCon, against PML."""
+    AngularLoss, and the GEMM paths of Circle / SupCon, against PML (on every device present)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 16, generator=g)
     per_class = torch.arange(64) // 4
     unequal = torch.cat([torch.zeros(24, dtype=torch.long), torch.arange(40) // 3 + 1])
     shuffled = per_class[torch.randperm(64, generator=g)]  # equal classes, not grouped: a permutation
+    x, per_class, unequal, shuffled = (t.to(device) for t in (x, per_class, unequal, shuffled))
     for y in (per_class, shuffled, unequal):
         for o, q in ((L.AngularLoss(), pml_losses.AngularLoss()), (L.CircleLoss(), pml_losses.CircleLoss()),
                      (L.SupConLoss(), pml_losses.SupConLoss())):
