@@ -332,3 +332,18 @@ def test_restore_reads_the_model_info_without_loading_the_dataset(checkpoint, mo
     monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("dataset loaded"))
     method, info, _ = restore_method(checkpoint)
     assert info.image_shape == (1, 8, 8) and not method.training
+
+
+def test_euclidean_metric_and_pil_queries(checkpoint, folder, tmp_path):
+    """metric="euclidean": squared L2 scores ascending (self at 0); PIL images as queries."""
+    from PIL import Image
+
+    files = list_images(folder)[:10]
+    index = build_index(checkpoint, files, tmp_path / "l2", metric="euclidean", show_progress=False)
+    assert index.metric == "euclidean" and index.plan.kind == "flat"
+    with Image.open(files[3]) as img:
+        pil = img.copy()
+    by_path, by_pil = index.search([files[3], pil], k=4)
+    assert by_path.paths[0] == files[3] and by_path.scores[0] == pytest.approx(0.0, abs=1e-3)
+    assert np.all(np.diff(by_path.scores) >= -1e-6)
+    assert list(by_pil.ids) == list(by_path.ids) and by_pil.query == "image 1"
