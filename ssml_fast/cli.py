@@ -82,22 +82,16 @@ def _add_data_arguments(p) -> None:
 
 
 # ---- train ---------------------------------------------------------------------------------------
-def _train_setup(args):
+def _config_overrides(args) -> list:
+    """(source, dict) config overrides of --config, --set and the backbone / transfer-recipe flags (shortcuts
+    for --set of MethodConfig's backbone fields), shared by train and compare."""
     from .config import load_yaml, parse_set
-    from .compare import default_preset
-    from .data import load_dataset
-    from .methods import get_method, make_config
-    from .train import RunConfig, data_info
 
-    cls = _checked(get_method, args.method)
     overrides = []
     if args.config:
         overrides.append((f"--config {args.config}", _checked(load_yaml, args.config)))
     if args.set:
         overrides.append(("--set", _checked(parse_set, args.set)))
-    if args.epochs is not None:
-        overrides.append(("--epochs", {"epochs": args.epochs}))
-    # Backbone / transfer-recipe flags: shortcuts for --set of MethodConfig's backbone fields.
     if args.weights is not None and not Path(args.weights).is_file():
         raise UsageError(f"--weights: file {args.weights!r} does not exist")
     for flag, key in (("--backbone", "backbone"), ("--pretrained", "pretrained"), ("--weights", "weights"),
@@ -108,6 +102,35 @@ def _train_setup(args):
         overrides.append(("--bn-freeze", {"bn_freeze": True}))
     if args.channels_last is not None:
         overrides.append(("--channels-last", {"channels_last": args.channels_last == "on"}))
+    return overrides
+
+
+def _add_config_arguments(p) -> None:
+    p.add_argument("--config", help="YAML file of config overrides")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable "
+                   "(e.g. --set lr=3e-4 --set loss=multi_similarity --set loss_kwargs.alpha=2)")
+    p.add_argument("--backbone", help="small_cnn (default) | small_cnn_wide | resnet18 | resnet50 | resnet101 | "
+                   "googlenet | timm:<name>")
+    p.add_argument("--pretrained", help="imagenet | imagenet_v2 | none (default: imagenet for resnet/googlenet/"
+                   "timm, read from the local torch / HF cache; none for the small CNNs)")
+    p.add_argument("--weights", metavar="PATH", help="local backbone weight file (state dict) instead of the cache")
+    p.add_argument("--pool", help="gap | gmp | gap+gmp | gem (| flatten for the small CNNs; default the backbone's)")
+    p.add_argument("--freeze-stages", type=int, metavar="N", help="freeze the first N backbone stages (BN in eval)")
+    p.add_argument("--bn-freeze", action="store_true", help="every backbone BN in eval mode, affine frozen (STML)")
+    p.add_argument("--head-lr", type=float, help="learning rate of everything outside the backbone")
+    p.add_argument("--channels-last", choices=["on", "off"], help="backbone memory layout (default the backbone's)")
+
+
+def _train_setup(args):
+    from .compare import default_preset
+    from .data import load_dataset
+    from .methods import get_method, make_config
+    from .train import RunConfig, data_info
+
+    cls = _checked(get_method, args.method)
+    overrides = _config_overrides(args)
+    if args.epochs is not None:
+        overrides.append(("--epochs", {"epochs": args.epochs}))
     preset = args.preset or default_preset(args.dataset)
     config = _checked(make_config, args.method, preset, overrides)
     train_classes = tuple(_int_list(args.train_classes, "--train-classes")) if args.train_classes else None
@@ -240,14 +263,17 @@ def cmd_compare(args) -> int:
     train_classes = _int_list(args.train_classes, "--train-classes") if args.train_classes else None
     if args.epochs is not None and args.epochs < 1:
         raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    overrides = _config_overrides(args)
     # Everything that can be wrong is checked here, before the first method trains.
-    _checked(prepare_runs, args.dataset, check_methods(methods), epochs=args.epochs, preset=args.preset)
+    _checked(prepare_runs, args.dataset, check_methods(methods), epochs=args.epochs, preset=args.preset,
+             overrides=overrides)
     data = _data_args(args)
     files = ({"root": data["data_root"], "image_size": data["image_size"], "pipeline": data["pipeline"]}
              if data["data_root"] else {})
     _checked(load_dataset, args.dataset, train_classes, **files)
     _checked(run_compare, args.dataset, methods, train_classes=train_classes, epochs=args.epochs, seeds=seeds,
-             preset=args.preset, out=args.out, device=args.device, threads=args.threads, quiet=args.quiet, **data)
+             preset=args.preset, out=args.out, device=args.device, threads=args.threads, quiet=args.quiet,
+             overrides=overrides, **data)
     return 0
 
 
@@ -400,22 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="mnist5k", help="mnist5k (default) | digits (bundled) | cub | cars196 | "
                    "sop | inshop | gldv2 | gldv2_clean | gldv2_6pct | folder | csv | unlabeled (with --data-root)")
     _add_data_arguments(t)
-    t.add_argument("--config", help="YAML file of config overrides")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, repeatable "
-                   "(e.g. --set lr=3e-4 --set loss=multi_similarity --set loss_kwargs.alpha=2)")
+    _add_config_arguments(t)
     t.add_argument("--preset", help="official | small (default: small on mnist5k/digits)")
     t.add_argument("--epochs", type=int, help="shortcut for --set epochs=N")
     t.add_argument("--train-classes", help="comma-separated training classes (default 0,1,2,3,4)")
-    t.add_argument("--backbone", help="small_cnn (default) | small_cnn_wide | resnet18 | resnet50 | resnet101 | "
-                   "googlenet | timm:<name>")
-    t.add_argument("--pretrained", help="imagenet | imagenet_v2 | none (default: imagenet for resnet/googlenet/"
-                   "timm, read from the local torch / HF cache; none for the small CNNs)")
-    t.add_argument("--weights", metavar="PATH", help="local backbone weight file (state dict) instead of the cache")
-    t.add_argument("--pool", help="gap | gmp | gap+gmp | gem (| flatten for the small CNNs; default the backbone's)")
-    t.add_argument("--freeze-stages", type=int, metavar="N", help="freeze the first N backbone stages (BN in eval)")
-    t.add_argument("--bn-freeze", action="store_true", help="every backbone BN in eval mode, affine frozen (STML)")
-    t.add_argument("--head-lr", type=float, help="learning rate of everything outside the backbone")
-    t.add_argument("--channels-last", choices=["on", "off"], help="backbone memory layout (default the backbone's)")
     t.add_argument("--val-mode", default="samples", help="samples | classes | none (validation from training classes)")
     t.add_argument("--select", default="last", help="last | best: model used for the test evaluation")
     t.add_argument("--seed", type=int, default=0)
@@ -453,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int, help="override every method's epochs")
     c.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     c.add_argument("--preset", help="official | small (default: small on mnist5k/digits)")
+    _add_config_arguments(c)  # applied to every method (a key a method lacks is an error naming it)
     c.add_argument("--device", default="auto")
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--out", default="runs/compare")

@@ -4,7 +4,8 @@ The thesis's question on the user's data: supervised or self-supervised, which e
 unseen classes better? Each method is trained on the training classes with its preset for the dataset
 (model selection and curves use a validation split of the *training* classes), then evaluated on the
 test classes, which no method has seen. Baselines: `raw` (the input pixels as the embedding) and
-`untrained` (the default network at random initialisation, same seed). Several seeds give mean and std.
+`untrained` (the default network at random initialisation, same seed; `pretrained` instead when the
+backbone options load weights: the network before fine-tuning). Several seeds give mean and std.
 """
 from __future__ import annotations
 
@@ -54,9 +55,22 @@ def prepare_runs(dataset: str, methods: Sequence[str], *, epochs: Optional[int],
     return {m: make_config(m, preset or default_preset(dataset), extra) for m in methods}
 
 
-def baseline_metrics(split, seed: int, device) -> tuple[dict, dict]:
-    """Metrics and test embeddings of the raw pixels and of the untrained default network (the supervised
-    method's, random init with `seed`)."""
+# MethodConfig's backbone fields: the overrides that also shape the baseline network.
+BACKBONE_FIELDS = ("backbone", "pretrained", "weights", "pool", "gem_p", "freeze_stages", "bn_freeze", "channels_last")
+
+
+def backbone_overrides(overrides: Sequence) -> dict:
+    """The backbone fields among (source, dict) overrides, later sources winning."""
+    out = {}
+    for _source, values in overrides:
+        out.update({k: v for k, v in values.items() if str(k) in BACKBONE_FIELDS})
+    return out
+
+
+def baseline_metrics(split, seed: int, device, backbone: Optional[dict] = None) -> tuple[dict, dict]:
+    """Metrics and test embeddings of the raw pixels and of the baseline network: the supervised method's
+    network with the compare's backbone options, before any training (random init with `seed`, or the
+    pretrained weights, then named "pretrained": the thesis's "no fine-tuning" rows)."""
     from .evaluation import retrieval_metrics
     from .methods import make_config, get_method
     from .train import data_info, embed_images
@@ -69,11 +83,13 @@ def baseline_metrics(split, seed: int, device) -> tuple[dict, dict]:
                           seconds=time.perf_counter() - t0)
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    net = get_method("supervised")(make_config("supervised", "small"), data_info(split)).to(device)
+    cfg = make_config("supervised", "small", [("backbone options", backbone)] if backbone else [])
+    net = get_method("supervised")(cfg, data_info(split)).to(device)
+    name = "pretrained" if getattr(net.trunk, "weights_source", None) else "untrained"
     emb = embed_images(net.embed, net, split.test_images, device)
-    out["untrained"] = dict(retrieval_metrics(emb, split.test_labels, metric=net.eval_metric),
-                            seconds=time.perf_counter() - t0)
-    emb_out["untrained"] = emb
+    out[name] = dict(retrieval_metrics(emb, split.test_labels, metric=net.eval_metric),
+                     seconds=time.perf_counter() - t0)
+    emb_out[name] = emb
     return out, emb_out
 
 
@@ -139,7 +155,7 @@ def run_compare(
     histories: dict[str, list] = {}
     for seed in seeds:
         split = splits[seed]
-        base, base_emb = baseline_metrics(split, seed, dev)
+        base, base_emb = baseline_metrics(split, seed, dev, backbone_overrides(overrides))
         for k, v in base.items():
             per_seed.setdefault(k, {})[seed] = {"test": v, "train_seconds": 0.0, "val": {}}
         if seed == seeds[0]:
@@ -166,7 +182,7 @@ def run_compare(
                 grid_embeddings[name] = embed_images(method.embed, method, split.test_images, dev)
     table = aggregate(per_seed, seeds)
     kinds = {n: ("supervised" if get_method(n).uses_labels else "self-supervised") for n in names}
-    kinds.update(raw="baseline", untrained="baseline")
+    kinds.update(raw="baseline", untrained="baseline", pretrained="baseline")
     summary = {
         "dataset": dataset, "train_classes": split0.train_classes, "test_classes": split0.test_classes,
         "val_classes": split0.val_classes, "seeds": seeds, "preset": preset or default_preset(dataset),
@@ -194,7 +210,7 @@ def aggregate(per_seed: dict, seeds: Sequence[int]) -> list[dict]:
     for name, by_seed in per_seed.items():
         row = {"method": name}
         for key in METRICS + ("seconds",):
-            vals = [(r["train_seconds"] if key == "seconds" and name not in ("raw", "untrained")
+            vals = [(r["train_seconds"] if key == "seconds" and name not in ("raw", "untrained", "pretrained")
                      else r["test"].get(key, float("nan"))) for r in by_seed.values()]
             mean = sum(vals) / len(vals)
             row[key] = mean

@@ -41,6 +41,9 @@ FAST = ["--dataset", "digits", "--epochs", "1", "--set", "batch_size=64", "--qui
     (["compare", "--seeds", "a,b"], "--seeds expects integers"),
     (["compare", "--epochs", "0"], "--epochs must be >= 1"),
     (["compare", "--train-classes", "0,1,2,3,4,5,6,7,8,9"], "train_classes"),
+    (["compare", "--methods", "supervised,simclr", "--set", "nosuchkey=1"], "unknown config key 'nosuchkey'"),
+    (["compare", "--methods", "supervised", "--backbone", "resnet7"], "backbone 'resnet7' is unknown"),
+    (["compare", "--methods", "supervised", "--weights", "/nonexistent.pth"], "--weights"),
 ])
 def test_bad_input_fails_before_training_with_one_line(capsys, tmp_path, argv, message):
     t0 = time.perf_counter()
@@ -127,3 +130,13 @@ def test_sigint_in_a_real_process_leaves_a_loadable_checkpoint(tmp_path):
     assert "--resume" in err
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["position"]["step"] > 0 or state["position"]["epoch"] >= 1
+
+
+def test_compare_applies_set_and_backbone_flags_to_every_method_and_the_baseline():
+    from ssml_fast.compare import backbone_overrides, prepare_runs
+
+    args = cli.build_parser().parse_args(["compare", "--set", "embedding_dim=64", "--pool", "gap"])
+    overrides = cli._config_overrides(args)
+    configs = prepare_runs("digits", ["supervised", "spreading"], epochs=1, preset=None, overrides=overrides)
+    assert all(c.embedding_dim == 64 and c.pool == "gap" for c in configs.values())
+    assert backbone_overrides(overrides) == {"pool": "gap"}    # what the baseline network is built with
