@@ -113,3 +113,25 @@ def test_cli_compare_compares_losses(split, tmp_path, capsys, monkeypatch):
                    "--out", str(tmp_path)])
     assert rc == 2
     assert "--methods: method spec 'supervised:arcfac': unknown loss 'arcfac'" in capsys.readouterr().err
+
+
+PAIR_FAMILY = ["circle", "angular", "margin", "supcon", "log_ratio"]
+
+
+@pytest.mark.parametrize("loss", PAIR_FAMILY)
+def test_pair_family_losses_take_a_finite_step_in_supervised(loss, split):
+    m = _method(f"supervised:{loss}", split, batch_size=20)
+    x = split.train_images[:20]
+    batch = Batch([m.augment(x, torch.Generator().manual_seed(0))], split.train_labels[:20], torch.arange(20))
+    out = m.training_step(batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.trunk.parameters())
+
+
+def test_margin_loss_keeps_pmls_single_beta_unless_classes_are_asked_for(split):
+    assert _method("supervised:margin", split).loss_fn.beta.numel() == 1
+    m = _method("supervised:margin", split, loss_kwargs={"learn_beta": True, "num_classes": 5})
+    assert m.loss_fn.beta.numel() == 5
+    groups = {g["name"] for g in m.parameter_groups()}
+    assert "loss" in groups

@@ -60,14 +60,15 @@ def loss_class(name: str) -> type:
 
 
 def build_loss(name: str, kwargs: dict, *, num_classes: int, embedding_size: int):
-    """An instance of the named loss; proxy losses get num_classes / embedding_size filled in."""
+    """An instance of the named loss; num_classes / embedding_size are filled in where the loss requires them
+    (the proxy family). Where they are optional (MarginLoss: one beta per class only with num_classes) the
+    loss keeps its own default, PML's single beta."""
     cls = loss_class(name)
     params = inspect.signature(cls).parameters
     kwargs = dict(kwargs)
-    if "num_classes" in params:
-        kwargs.setdefault("num_classes", num_classes)
-    if "embedding_size" in params:
-        kwargs.setdefault("embedding_size", embedding_size)
+    for key, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
+        if key in params and params[key].default is inspect.Parameter.empty:
+            kwargs.setdefault(key, value)
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         raise ValueError(f"loss_kwargs: {cls.__name__} has no argument {unknown[0]!r}; "
