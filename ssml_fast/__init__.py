@@ -26,10 +26,21 @@ _LAZY_SUBMODULES = (
     "neighbors",
     "evaluation",
 )
+# Above the library (networks, data, methods, the trainer, the retrieval service, torchrun support): lazy
+# too, but left out of __all__ so `from ssml_fast import *` stays the library.
+_LAZY_UPPER = (
+    "nn",
+    "models",
+    "data",
+    "methods",
+    "train",
+    "search",
+    "distributed",
+)
 
 
 def __getattr__(name: str):
-    if name in _LAZY_SUBMODULES:
+    if name in _LAZY_SUBMODULES or name in _LAZY_UPPER:
         module = importlib.import_module(f".{name}", __name__)
         globals()[name] = module  # later accesses skip __getattr__
         return module
@@ -37,7 +48,7 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(_LAZY_UPPER))
 
 
 def build_info() -> dict:
