@@ -78,10 +78,36 @@ GRIDS: dict[str, list[tuple[str, dict]]] = {
         ("epochs=24", {"epochs": 24}),
         ("momentum_ema=0.95", {"momentum_ema": 0.95}),
     ],
-    # The slowest method (batch x (batch + memory) loss terms): two trained candidates only.
+    # The slowest method (batch x (batch + memory) loss terms): few trained candidates. Second round
+    # (issue 9): the blend weight of the memory loss, warm-up and size (memory_size=1024 was tried in the
+    # first round; the control without memory is the stml preset, the same training at M = 0).
     "stml_memory": [
         ("preset", {}),
-        ("memory_size=1024", {"memory_size": 1024}),
+        ("memory_weight=0.5", {"memory_weight": 0.5}),
+        ("memory_warmup=50", {"memory_warmup": 50}),
+        ("memory_size=256", {"memory_size": 256}),
+    ],
+    # Issue 13: the multi-crop small preset collapsed (uniform teacher output, bench/diag_dino.py). The
+    # candidate: BN in the head (official use_bn_in_head; the trunk's features have pairwise cosine ~0.97,
+    # so the centred teacher logits were near flat), the official main_dino.py temperature (0.04, no
+    # warm-up), and the flattened trunk (global pooling alone gives 0.55-0.62 untrained), hence no local crops.
+    # That candidate is now the preset; the old multi-crop preset's runs are bench/diag_dino.py's (seed 0).
+    "dino": [
+        ("preset", {}),
+    ],
+    # Issue 13 (second round): the untuned small presets of the redundancy-reduction methods; mild views won
+    # for simsiam, a narrower projector and a lower lr are the other free choices.
+    "barlow_twins": [
+        ("preset", {}),
+        ("augment=mild", {"augment": "mild"}),
+        ("projector_dim=256", {"projector_dim": 256}),
+        ("lr=3e-4", {"lr": 3e-4}),
+    ],
+    "vicreg": [
+        ("preset", {}),
+        ("augment=mild", {"augment": "mild"}),
+        ("expander_dim=256", {"expander_dim": 256}),
+        ("lr=3e-4", {"lr": 3e-4}),
     ],
 }
 

@@ -58,7 +58,10 @@ class STMLMemory(STML):
     presets: ClassVar[dict] = {
         "official": {},
         # M = 512: the contextual similarity over batch ∪ memory costs an (N + M)^2 d GEMM per step
-        # (bench/results_stml.md); 2048 made a step 3-5x slower than stml's on this CPU.
+        # (bench/results_stml.md); 2048 made a step 3-5x slower than stml's on this CPU. Validation split
+        # (bench/results_presets.md, round 2, seeds 0 / 1): this preset 0.804 / 0.773 MAP@R, memory_weight 0.5
+        # 0.814 / 0.776, M = 256 0.809 / 0.774 (within the seed spread 0.031: preset kept), plain stml
+        # 0.821 / 0.775: the memory does not help on this data.
         "small": {**STML.presets["small"], "memory_size": 512, "memory_warmup": 100},
     }
 
