@@ -48,3 +48,14 @@ from .margin_loss import MarginLoss
 from .supcon_loss import SupConLoss
 
 __all__ += ["AngularLoss", "CircleLoss", "LogRatioLoss", "MarginLoss", "SupConLoss"]
+
+
+def __getattr__(name: str):
+    # PML keeps CrossBatchMemory in `losses`; ours lives a layer up, in `memory` (it wraps a loss with a queue).
+    # Resolved lazily so `from ssml_fast.losses import CrossBatchMemory` works as PML's import does without
+    # this layer importing the one above it.
+    if name == "CrossBatchMemory":
+        from ..memory import CrossBatchMemory
+
+        return CrossBatchMemory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
