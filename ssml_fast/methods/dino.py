@@ -37,7 +37,7 @@ help; BN in the head did (entropy 5.75, KL 0.42). Global pooling itself costs re
 digits (untrained: 0.55-0.62 pooled vs 0.77 flattened), and a flattened trunk needs every crop at the
 full size, hence no local crops. With this preset DINO trains without collapse (teacher entropy 3.5,
 KL 1.2, loss 6.7 -> 4.7) but still ends below the untrained network on the validation classes (MAP@R
-0.698 vs 0.773 seed 0; bench/results_presets.md). The multi-crop setting stays available
+0.698 / 0.728 for seeds 0 / 1, old preset 0.526 / 0.625, untrained 0.779 / 0.767; bench/results_presets.md). The multi-crop setting stays available
 (`pool="gap", n_local=4, local_size=14`; `pool="flatten"` requires `n_local=0`).
 """
 from __future__ import annotations
