@@ -124,7 +124,7 @@ def mining(repeats=7):
     centres = torch.randn(N // 20, D, generator=gen)
     feats = torch.nn.functional.normalize(centres.repeat_interleave(20, 0) + 0.6 * torch.randn(N, D, generator=gen), dim=1)
     # Pools: exact top-P by faiss, as the method builds them.
-    from ssml_fast.evaluation.knn import knn_search
+    from ssml_fast.neighbors import knn_search
 
     sim, pool = knn_search(feats, P, metric="inner_product")
     anchors = torch.randperm(N, generator=gen)[:G]
@@ -152,7 +152,7 @@ def mining(repeats=7):
 
 
 def pool(n):
-    from ssml_fast.evaluation.knn import knn_search
+    from ssml_fast.neighbors import knn_search
 
     feats = torch.nn.functional.normalize(torch.randn(n, 128, generator=torch.Generator().manual_seed(0)), dim=1)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

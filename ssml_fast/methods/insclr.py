@@ -81,9 +81,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..evaluation.knn import knn_search
+from ..neighbors import knn_search
 from ..losses import InsCLRContrastiveLoss
 from ..memory import MemoryBank
+from ..distributed import gather_batch
 from ..memory.positive_mining import (SCORES, excluded_random_negatives, memory_columns, mine_positives)
 from .base import Batch, DataInfo, Method, MethodConfig, Stage, StepOutput
 
@@ -421,12 +422,13 @@ class InsCLR(Method):
             # Enqueue before the memory is read (official order).
             self.memory.update(idx, fd, 0.0)
             self.memory_noaug.update(idx, f_noaug, 0.0)
-            self.filled[idx] = True
+            # The banks take every rank's rows (in rank order) under torchrun; so must the filled mask.
+            self.filled[gather_batch(idx)] = True
             mem_loss = self._impr_memory_loss(f, idx, group, accepted, G, k1, logs)
         else:
             if step >= c.memory_start_step:
                 self.memory.update(idx, fd, 0.0)
-                self.filled[idx] = True
+                self.filled[gather_batch(idx)] = True
             if step >= c.memory_get_step and c.memory_negatives > 0:
                 exclude = self.pool_idx[idx, :c.memory_exclude_top]
                 if c.fix_pitfalls:
