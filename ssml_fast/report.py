@@ -96,15 +96,18 @@ def plot_curves(path: Path, histories: dict) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for name, hist in histories.items():
+    # Matplotlib's cycle has ten colours: past ten methods, the same colour comes back dashed, then dotted.
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, hist) in enumerate(histories.items()):
+        style = {"color": cycle[i % len(cycle)], "linestyle": ("-", "--", ":")[(i // len(cycle)) % 3]}
         x = list(range(1, len(hist) + 1))
         loss = [r["loss"] for r in hist]
         # Losses differ in scale and sign (SimSiam's is a negative cosine): each is scaled to [0, 1].
         lo, hi = min(loss), max(loss)
-        a.plot(x, [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in loss], marker=".", label=name)
+        a.plot(x, [(v - lo) / (hi - lo) if hi > lo else 0.0 for v in loss], marker=".", label=name, **style)
         if any("val_map_at_r" in r for r in hist):
             b.plot([i for i, r in zip(x, hist) if "val_map_at_r" in r],
-                   [r["val_map_at_r"] for r in hist if "val_map_at_r" in r], marker=".", label=name)
+                   [r["val_map_at_r"] for r in hist if "val_map_at_r" in r], marker=".", label=name, **style)
     a.set_title("training loss (min-max scaled per method)")
     a.set_xlabel("epoch")
     b.set_title("validation MAP@R (held-out images of training classes)")
