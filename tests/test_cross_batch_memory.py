@@ -310,41 +310,21 @@ def test_foreign_loss_gets_explicit_self_free_pairs():
 
 
 def test_caller_tuple_is_merged_after_self_pair_removal():
-    """As PML: the self pairs leave the all pairs, then the caller's tuple is appended as given; its
-    positives / negatives name memory slots (the memory once this batch is written at curr_batch_idx), so
-    a self pair the caller lists stays. Same numbers as PML's CrossBatchMemory."""
-    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
-    ours = CrossBatchMemory(ContrastiveLoss(), 4, memory_size=14)
-    theirs = pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), 4, memory_size=14)
-    theirs.embedding_memory = theirs.embedding_memory.double()
-    for step, (emb, labels, _) in enumerate(batches(4, b=6, dim=4, seed=9)):
+    """As PML: the self pairs leave the mined / all pairs, then the caller's tuple is appended as given (its
+    indices into the reference [batch; memory], so a self pair the caller lists stays)."""
+    from ssml_fast.losses import ContrastiveLoss
+
+    loss = ContrastiveLoss()
+    xbm = CrossBatchMemory(ContrastiveLoss(), memory_size=14)
+    plain = PlainMemory(14)
+    for step, (emb, labels, ids) in enumerate(batches(4, seed=9)):
         extra = (torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([3]), torch.tensor([4]))
-        torch.testing.assert_close(ours(emb, labels, extra), theirs(emb, labels, extra).to(emb.dtype),
+        ref, ref_labels = plain.reference(emb, labels, ids)
+        pos = [(i, j) for i in range(len(emb)) for j in range(len(ref)) if ref_labels[j] == labels[i] and j != i]
+        neg = [(i, j) for i in range(len(emb)) for j in range(len(ref)) if ref_labels[j] != labels[i]]
+        a1, p = (torch.tensor(c, dtype=torch.long) for c in zip(*pos))
+        a2, n = (torch.tensor(c, dtype=torch.long) for c in zip(*neg))
+        tup = (torch.cat([a1, extra[0]]), torch.cat([p, extra[1]]), torch.cat([a2, extra[2]]), torch.cat([n, extra[3]]))
+        torch.testing.assert_close(xbm(emb, labels, extra, ids=ids), loss(emb, labels, tup, ref, ref_labels),
                                    msg=f"step {step}")
-        assert ours.queue_idx == theirs.queue_idx and torch.equal(ours.curr_batch_idx, theirs.curr_batch_idx)
-    with pytest.raises(ValueError, match="memory slot"):
-        ours(emb, labels, (torch.tensor([0]), torch.tensor([14]), torch.tensor([0])))
-
-
-def test_pml_attributes_are_views_of_the_queue():
-    xbm = CrossBatchMemory(ContrastiveLoss(), 3, memory_size=5)
-    assert torch.equal(xbm.label_memory, torch.zeros(5, dtype=torch.long)) and not xbm.has_been_filled
-    assert xbm.embedding_memory is xbm.queue.embeddings and xbm.label_memory is xbm.queue.labels
-    emb, labels = torch.randn(3, 3, dtype=torch.float64), torch.tensor([1, 2, 1])
-    xbm(emb, labels)  # float64 batch into the empty float32 memory: the memory follows (as PML's)
-    assert xbm.embedding_memory.dtype == torch.float64 and xbm.queue_idx == 3
-    assert torch.equal(xbm.curr_batch_idx, torch.tensor([0, 1, 2]))
-    assert torch.equal(xbm.embedding_memory[:3], emb) and torch.equal(xbm.label_memory[:3], labels)
-    xbm.add_to_memory(emb, labels, 3)
-    assert torch.equal(xbm.curr_batch_idx, torch.tensor([3, 4, 0])) and xbm.has_been_filled and xbm.queue_idx == 1
-    from ssml_fast.memory.cross_batch import remove_self_comparisons
-    a, p, n = remove_self_comparisons((torch.tensor([0, 1, 2, 2]), torch.tensor([3, 3, 0, 1]), torch.zeros(4, dtype=torch.long)),
-                                      xbm.curr_batch_idx)
-    assert a.tolist() == [1, 2] and p.tolist() == [3, 1]
-    xbm.reset_queue()
-    assert xbm.queue_idx == 0 and not xbm.has_been_filled and not xbm.embedding_memory.any() and not xbm.label_memory.any()
-    assert "ContrastiveLoss" in CrossBatchMemory.supported_losses()
-    with pytest.raises(ValueError, match="not supported"):
-        CrossBatchMemory.check_loss_support("ProxyAnchorLoss")
-    with pytest.raises(ValueError, match="embedding_memory"):
-        xbm.embedding_memory = torch.zeros(4, 3)
+        plain.enqueue(emb, labels, ids)
