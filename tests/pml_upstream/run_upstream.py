@@ -57,7 +57,6 @@ FILES = {
     "losses/test_large_margin_softmax_loss.py": {"losses": ["LargeMarginSoftmaxLoss", "SphereFaceLoss"]},
     "losses/test_normalized_softmax_loss.py": {"losses": ["NormalizedSoftmaxLoss"]},
     "losses/test_soft_triple_loss.py": {"losses": ["SoftTripleLoss"]},
-    "losses/test_cross_batch_memory.py": {"losses": ["CrossBatchMemory"]},
     "miners/test_batch_hard_miner.py": {"miners": ["BatchHardMiner"]},
     "miners/test_triplet_margin_miner.py": {"miners": ["TripletMarginMiner"]},
     "miners/test_multi_similarity_miner.py": {"miners": ["MultiSimilarityMiner"]},
