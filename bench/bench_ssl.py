@@ -20,7 +20,6 @@ makes (`queue.clone().detach()`) and the (B, 1 + K) logits.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _round_robin import round_robin_medians  # noqa: E402
+from _machine import machine  # noqa: E402
 
 THREADS = int(os.environ.get("SSML_BENCH_THREADS", "1"))
 ROUNDS = int(os.environ.get("SSML_BENCH_ROUNDS", "20"))
@@ -103,19 +103,6 @@ def check_equal(b, d, k) -> float:
     torch.testing.assert_close(la, lp, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ga, gp, rtol=1e-4, atol=1e-7)
     return float((la - lp).abs())
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()}-core VM ({cpu}), {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, intra-op threads {THREADS}")
 
 
 def main() -> list:

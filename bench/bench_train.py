@@ -45,7 +45,6 @@ its steps: the instrumentation's own cost is the difference (the trainer's epoch
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from ssml_fast.data import load_dataset  # noqa: E402
 from ssml_fast.methods import METHODS, Batch, get_method, make_config  # noqa: E402
 from ssml_fast.train import RunConfig, Trainer, build_scheduler, data_info  # noqa: E402
+from _machine import machine  # noqa: E402
 
 THREADS = int(os.environ.get("SSML_BENCH_THREADS", "1"))
 torch.set_num_threads(THREADS)
@@ -346,20 +346,6 @@ def table(res: dict) -> str:
                   f"{r['trainer_ms']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()}-core VM ({cpu}), no GPU used, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}, intra-op threads "
-            f"{torch.get_num_threads()}")
 
 
 def _commit() -> str:
