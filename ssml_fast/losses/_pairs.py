@@ -190,6 +190,16 @@ def random_triplets(labels, ref_labels, self_ref: bool, per_anchor: int, generat
     return rows.repeat_interleave(per_anchor), p.reshape(-1), n.reshape(-1)
 
 
+def select_triplets(labels, ref_labels, self_ref: bool, indices_tuple, per_anchor, B: int, R: int, device):
+    """The triplets a triplet-type loss uses: the given tuple (pairs converted), else every triplet
+    (per_anchor "all") or per_anchor random ones per anchor (PML's triplets_per_anchor)."""
+    if indices_tuple is not None:
+        return as_triplets(indices_tuple, B, R, device)
+    if per_anchor == "all":
+        return all_triplets(labels, ref_labels, self_ref)
+    return random_triplets(labels, ref_labels, self_ref, per_anchor)
+
+
 def as_triplets(indices_tuple, B: int, R: int, device):
     """indices_tuple -> (a, p, n): triplets as they are; pairs (a1, p, a2, n) -> every (a1, p, n) with
     a1 == a2, in PML's order (convert_to_triplets)."""

@@ -84,13 +84,8 @@ class MarginLoss(MetricLoss):
         if indices_tuple is None and self.triplets_per_anchor == "all" and _is_divisor(self.reducer):
             return self._matrix_form(embeddings, labels, ref_emb, ref_labels)
         device = embeddings.device
-        if indices_tuple is None:
-            if self.triplets_per_anchor == "all":
-                a, p, n = _pairs.all_triplets(labels, ref_labels, ref_emb is None)
-            else:
-                a, p, n = _pairs.random_triplets(labels, ref_labels, ref_emb is None, self.triplets_per_anchor)
-        else:
-            a, p, n = _pairs.as_triplets(indices_tuple, B, R, device)
+        a, p, n = _pairs.select_triplets(labels, ref_labels, ref_emb is None, indices_tuple,
+                                         self.triplets_per_anchor, B, R, device)
         if a.numel() == 0:
             return self.reduce(self._zero_dict(), embeddings, labels)
         mat = self.matrix(embeddings, ref_emb)

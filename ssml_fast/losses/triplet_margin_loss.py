@@ -120,13 +120,8 @@ class TripletMarginLoss(MetricLoss):
         B = embeddings.shape[0]
         R = B if ref_emb is None else ref_emb.shape[0]
         device = embeddings.device
-        if indices_tuple is None:
-            if self.triplets_per_anchor == "all":
-                a, p, n = _pairs.all_triplets(labels, ref_labels, ref_emb is None)
-            else:
-                a, p, n = _pairs.random_triplets(labels, ref_labels, ref_emb is None, self.triplets_per_anchor)
-        else:
-            a, p, n = _pairs.as_triplets(indices_tuple, B, R, device)
+        a, p, n = _pairs.select_triplets(labels, ref_labels, ref_emb is None, indices_tuple,
+                                         self.triplets_per_anchor, B, R, device)
         self.num_triplets = torch.tensor(a.numel(), device=device)
         if a.numel() == 0:
             self.num_active = torch.zeros((), dtype=torch.long, device=device)
