@@ -1,12 +1,11 @@
 """InsCLR: positive mining (thesis Algorithm 1 / METHODS.md 2.5 v2) against a plain loop reference and a
 hand-made answer, memory columns and exclusions, batches, in-batch selection, stages, resume, bad config."""
 import math
-import os
-import signal
 
 import pytest
 import torch
 
+from conftest import interrupt_after
 from ssml_fast.config import ConfigError
 from ssml_fast.data import load_dataset
 from ssml_fast.evaluation.knn import knn_search
@@ -405,19 +404,6 @@ def test_official_defaults_and_stage_options():
 
 
 # ---- resume ------------------------------------------------------------------------------------
-def _interrupt_after(trainer, n):
-    calls = {"n": 0}
-    original = trainer.method.after_step
-
-    def after_step(batch, out):
-        original(batch, out)
-        calls["n"] += 1
-        if calls["n"] == n:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    trainer.method.after_step = after_step
-
-
 @pytest.fixture(scope="module")
 def straight_run(split, tmp_path_factory):
     t = Trainer(_insclr(split), split, RunConfig(seed=0, quiet=True, eval_every=0),
@@ -433,7 +419,7 @@ def test_resume_inside_a_stage_is_bit_identical(split, tmp_path, straight_run, w
     t = Trainer(m, split, RunConfig(seed=0, quiet=True, eval_every=0), tmp_path)
     base_steps = len(m.batch_sampler(m.stages()[0], t.ctx))
     n = base_steps * 2 + 5 if where == "base2" else base_steps * 4 + 3  # epoch 1 of base2, or of impr
-    _interrupt_after(t, n)
+    interrupt_after(t, n)
     with pytest.raises(TrainingInterrupted):
         t.fit()
     resumed = Trainer(_insclr(split), split, RunConfig(seed=0, quiet=True, eval_every=0), tmp_path)
