@@ -8,7 +8,9 @@ TORCH_LIBRARY(ssml_fast, m) {
   m.def("pairwise_distance(Tensor x, Tensor y, str metric) -> Tensor");
   // grad, dist: (B, R) -> (grad_x (B, D), grad_y (R, D)); when y is x (one tensor), (the whole gradient of
   // that tensor, zeros): autograd adds the two, and the sum costs one GEMM instead of two.
-  m.def("pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor dist, str metric) -> (Tensor, Tensor)");
+  // y_grad=False: y takes no gradient (a constant bank / memory): its GEMM is skipped and the second output
+  // is an empty (0,) tensor.
+  m.def("pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor dist, str metric, bool y_grad=True) -> (Tensor, Tensor)");
 
   // dist: (B, R) anchor-to-reference distances; labels: (B,) int64; ref_labels: (R,) int64.
   // exclude_diagonal: reference j == anchor i is never a positive (the reference set is the batch).

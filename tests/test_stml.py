@@ -259,7 +259,44 @@ def test_memory_terms_match_a_plain_reference():
     kl = (q * (q.log() - logp)).sum() / n
     ref = 0.5 * (rc(df) + rc(dg)) + kl
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(torch.autograd.grad(ours, f)[0], torch.autograd.grad(ref, f)[0], rtol=1e-4, atol=1e-7)
+    for x in (f, g):
+        torch.testing.assert_close(torch.autograd.grad(ours, x, retain_graph=True)[0],
+                                   torch.autograd.grad(ref, x, retain_graph=True)[0], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("form", ["code", "thesis"])
+def test_memory_terms_gradcheck_and_given_weights(form):
+    """The closed-form gradients of the memory terms (both heads) by gradcheck; precomputed weights (what
+    stml_memory's ContextualCache passes) give the same loss as the fused op inside."""
+    gen = torch.Generator().manual_seed(7)
+    n, m, k = 6, 5, 3
+    f = torch.randn(n, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    mf, mg, mt = (torch.randn(m, d, generator=gen, dtype=torch.float64) for d in (3, 4, 4))
+    ids, mids = torch.arange(n // 2).repeat(2), torch.arange(n, n + m)
+    loss = STMLLoss(k=k, form=form, temperature=0.7)
+    # f only: the KL's target side (g) is a stop-gradient, so the loss's g-gradient is by design not the
+    # numerical derivative (it is checked against the autograd formulas in the plain-reference test).
+    assert torch.autograd.gradcheck(lambda a: loss.memory_terms(a, g, t, ids, mf, mg, mt, mids), (f,))
+    assert torch.autograd.gradcheck(lambda b: _rc_g_of(loss, f.detach(), b, t, ids, mf, mg, mt, mids), (g,))
+    w = contextual_reference(torch.cat([t, mt]), k, 3.0, torch.cat([ids, mids]))[0][:n]
+    a = loss.memory_terms(f, g, t, ids, mf, mg, mt, mids)
+    b = loss(f, g, t, ids, (mf, mg, mt, mids), weights=w)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        loss(f, g, t, ids, (mf, mg, mt, mids), weights=w[:, :-1])
+
+
+def _rc_g_of(loss, f, g, t, ids, mf, mg, mt, mids):
+    """RC(g) as a differentiable function of g (the memory terms' only dependence on g with a gradient)."""
+    from ssml_fast.losses.stml_loss import _RectTerms, _row_distances
+
+    n, c = f.shape[0], f.shape[0] + mf.shape[0]
+    w = contextual_reference(torch.cat([t, mt]), loss.k, loss.sigma, torch.cat([ids, mids]))[0][:n]
+    scale = 1.0 / (n * (c - 1)) if loss.form == "code" else 1.0 / n
+    return _RectTerms.apply(_row_distances(f, mf), _row_distances(g, mg), w, loss.rc.delta, loss.kl.temperature,
+                            loss.form == "thesis", scale, 1.0)[1]
 
 
 def _stml_memory(split, **kw):
@@ -297,6 +334,31 @@ def test_memory_weight_blends_the_memory_loss_with_the_batch_loss(split):
     torch.testing.assert_close(out.loss, ref)
     with pytest.raises(ValueError, match="memory_weight"):
         make_config("stml_memory", "small", [("test", {"memory_weight": 1.5})])
+
+
+def test_cached_teacher_gram_gives_the_fused_op_loss_step_after_step(split):
+    """memory_cache=True (ContextualCache, incremental Gram) against False (the fused op over batch ∪ memory
+    every step): the same losses and gradients over steps that fill, wrap and reuse ids."""
+    from ssml_fast.methods import Batch
+
+    a, b = _stml_memory(split, memory_warmup=0), _stml_memory(split, memory_warmup=0, memory_cache=False)
+    b.load_state_dict(a.state_dict(), strict=False)
+    assert a.cache is not None and b.cache is None
+    gen = torch.Generator().manual_seed(0)
+    for step in range(7):
+        idx = torch.randint(0, 80, (40,), generator=gen)
+        x = split.train_images[idx]
+        batch = Batch([x, x.flip(-1)], None, idx)
+        outs = []
+        for m in (a, b):
+            out = m.training_step(batch)
+            grads = torch.autograd.grad(out.loss, list(m.head_f.parameters()))
+            m.after_step(batch, out)
+            outs.append((out.loss.detach(), grads))
+        torch.testing.assert_close(outs[0][0], outs[1][0], msg=f"step {step}")
+        for ga, gb in zip(outs[0][1], outs[1][1]):
+            torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+    assert len(a.memory) == 200 and a.cache._state == (a.memory.ptr, a.memory.count)
 
 
 def test_memory_is_used_after_warmup_and_resume_restores_it(split, tmp_path):

@@ -41,6 +41,23 @@ def test_opcheck_pairwise_distance(distance):
                           (x.requires_grad_(True), y.requires_grad_(True), distance))
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "sqeuclidean", "cosine"])
+def test_constant_y_skips_its_gradient(distance):
+    """y without grad (a detached memory): the backward skips y's GEMM; x's gradient is unchanged."""
+    x, _ = batch(7)
+    y, _ = batch(5, seed=1)
+    x1, x2, y1 = x.clone().requires_grad_(True), x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    w = torch.randn(7, 5, dtype=torch.float64)
+    (ops.pairwise_distance(x1, y1, distance) * w).sum().backward()
+    (ops.pairwise_distance(x2, y, distance) * w).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda a: ops.pairwise_distance(a, y, distance), (x2.detach().requires_grad_(True),))
+    d = ops.pairwise_distance(x, y, distance)
+    gx, gy = torch.ops.ssml_fast.pairwise_distance_backward(w, x, y, d, distance, False)
+    assert gy.shape == (0,) and torch.equal(gx, x1.grad)
+    torch.library.opcheck(torch.ops.ssml_fast.pairwise_distance_backward.default, (w, x, y, d, distance, False))
+
+
 @pytest.mark.parametrize("mining", MININGS)
 def test_opcheck_triplet(mining):
     emb, labels = batch(10, dtype=torch.float32)

@@ -78,7 +78,7 @@ inline at::Tensor pairwise_distance_impl(const at::Tensor& x_in, const at::Tenso
 
 inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
     const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& y_in, const at::Tensor& dist,
-    Metric metric, const DistanceEpilogues& ep) {
+    Metric metric, const DistanceEpilogues& ep, bool y_grad = true) {
   check_pairwise_args(x_in, y_in);
   TORCH_CHECK_VALUE(grad.device() == x_in.device() && dist.device() == x_in.device(),
                     "grad and dist must be on x's device ", x_in.device());
@@ -99,6 +99,7 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
   if (metric != Metric::Cosine) {
     if (same) return {h.sum(1, /*keepdim=*/true) * x - at::mm(h, x), at::zeros_like(y)};
     at::Tensor gx = h.sum(1, /*keepdim=*/true) * x - at::mm(h, y);
+    if (!y_grad) return {gx, at::empty({0}, y.options())};
     at::Tensor gy = h.sum(0).unsqueeze(1) * y - at::mm(h.t(), x);
     return {gx, gy};
   }
@@ -109,6 +110,7 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
     return at::where(norm > kNormEps, projected, g_unit / kNormEps);
   };
   if (same) return {through_normalize(at::mm(h, xh), xh, nx), at::zeros_like(y)};
+  if (!y_grad) return {through_normalize(at::mm(h, yh), xh, nx), at::empty({0}, y.options())};
   return {through_normalize(at::mm(h, yh), xh, nx), through_normalize(at::mm(h.t(), xh), yh, ny)};
 }
 

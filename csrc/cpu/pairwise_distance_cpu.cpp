@@ -70,8 +70,8 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, c10::
 
 std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
                                                                   const at::Tensor& y, const at::Tensor& dist,
-                                                                  c10::string_view metric) {
-  return pairwise_distance_backward_impl(grad, x, y, dist, parse_metric(metric), kCpuEpilogues);
+                                                                  c10::string_view metric, bool y_grad) {
+  return pairwise_distance_backward_impl(grad, x, y, dist, parse_metric(metric), kCpuEpilogues, y_grad);
 }
 
 }  // namespace

@@ -46,10 +46,10 @@ at::Tensor pairwise_distance_cuda(const at::Tensor& x, const at::Tensor& y, c10:
 
 std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cuda(const at::Tensor& grad, const at::Tensor& x,
                                                                    const at::Tensor& y, const at::Tensor& dist,
-                                                                   c10::string_view metric) {
+                                                                   c10::string_view metric, bool y_grad) {
   check_pairwise_args(x, y);
   c10::cuda::CUDAGuard guard(x.device());
-  return pairwise_distance_backward_impl(grad, x, y, dist, parse_metric(metric), kCudaEpilogues);
+  return pairwise_distance_backward_impl(grad, x, y, dist, parse_metric(metric), kCudaEpilogues, y_grad);
 }
 
 }  // namespace

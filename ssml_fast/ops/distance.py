@@ -15,8 +15,8 @@ def _pairwise_distance_fake(x, y, metric):
 
 
 @torch.library.register_fake("ssml_fast::pairwise_distance_backward")
-def _pairwise_distance_backward_fake(grad, x, y, dist, metric):
-    return torch.empty_like(x), torch.empty_like(y)
+def _pairwise_distance_backward_fake(grad, x, y, dist, metric, y_grad=True):
+    return torch.empty_like(x), (torch.empty_like(y) if y_grad else y.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -30,8 +30,10 @@ def _setup_context(ctx, inputs, output):
 @once_differentiable
 def _backward(ctx, grad):
     x, y, dist = ctx.saved_tensors
-    gx, gy = torch.ops.ssml_fast.pairwise_distance_backward(grad, x, y, dist, ctx.metric)
-    return gx, gy, None
+    # A y that takes no gradient (a detached memory / bank against a batch) skips its GEMM.
+    y_grad = bool(ctx.needs_input_grad[1])
+    gx, gy = torch.ops.ssml_fast.pairwise_distance_backward(grad, x, y, dist, ctx.metric, y_grad)
+    return gx, (gy if y_grad else None), None
 
 
 torch.library.register_autograd("ssml_fast::pairwise_distance", _backward, setup_context=_setup_context)

@@ -1,0 +1,294 @@
+"""The teacher side of STML with a memory: contextual similarity of the batch over batch ∪ memory, with the
+memory's Gram matrix kept from step to step (`stml_memory`, thesis 6.2).
+
+Computed from scratch (the fused `contextual_similarity` at n = N + M), every step pays an n x n x d GEMM
+(N 240 + M 4096, d 1024: 38 GFLOP, over a second on this CPU) and n^2 work, although the memory's teacher
+embeddings are constants once stored: only the N new rows change. `ContextualCache` keeps G = <t_s, t_u>
+for the memory slots s, u (L2-normalised teacher rows) and each step computes only the batch's block
+(N x M GEMM), the neighbour lists of all N + M rows from it and the cache (one top-k pass), and the N
+batch rows of w with `ops.contextual_similarity_rows`. After the batch is enqueued, its block (already
+computed) is written into the slots it took: the cache never needs a GEMM of its own except when it is out
+of step with the queue (first use after warm-up, a load from an older checkpoint, rows enqueued by other
+ranks under torch.distributed: then the missing rows are computed from the queue's storage).
+
+Same rule as the fused op for the neighbour lists, over the columns U = [batch rows; memory slots in slot
+order]: i itself, then the rows sharing its id, then descending similarity (= ascending distance of unit
+rows), equal similarities to the lower column. Memory slots in `dead` (entries sharing an id with the batch,
+which stml_memory drops) take part in nothing. Distances are 2 - 2 G, from the cached blocks rather than one
+GEMM over everything, so w can differ from the fused op's only where two similarities are within float
+rounding of each other (tested equal on generic data; exact ties resolved by the index rule).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _validation
+from ..ops.contextual_rows import contextual_similarity_rows
+
+_NEG = float("-inf")
+
+
+class ContextualCache(nn.Module):
+    """Gram cache of a queue's L2-normalised teacher rows and STML's contextual similarity over batch ∪ memory.
+
+    size: the queue's slots M. The cache holds a float32 (M, M) buffer (64 MB at M = 4096), saved with the
+    state dict so a resumed run continues bit-identically. It follows a queue through `weights` (before the
+    batch is enqueued) and `enqueued` (after); when it cannot tell that it is in step, it rebuilds itself
+    from the memory rows it is given.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        size = _validation.check_size("size", size)
+        self.register_buffer("gram", torch.zeros(size, size))
+        # 1 / ||t_s|| per slot: the batch's block is (t^ @ mem_t^T) * inv_norm, with no per-step normalised copy
+        # of the memory (4096 x 1024 read and written twice).
+        self.register_buffer("inv_norm", torch.zeros(size))
+        self._state: tuple[int, int] | None = None  # (ptr, count) of the queue the cache matches
+        self._block = None                          # this step's (G_bb, G_bm, (ptr, count)) for `enqueued`
+
+    @property
+    def size(self) -> int:
+        return self.gram.shape[0]
+
+    def invalidate(self) -> None:
+        self._state, self._block = None, None
+
+    @torch.no_grad()
+    def weights(self, batch_t: torch.Tensor, ids: torch.Tensor, mem_t: torch.Tensor, mem_ids: torch.Tensor,
+                queue_state: tuple[int, int], k: int, sigma: float, dead: torch.Tensor | None = None):
+        """w (N, N + K): the batch rows' contextual similarity over [batch; live memory slots in slot order].
+
+        batch_t (N, d) teacher embeddings; ids (N,) dataset ids; mem_t (count, d) the memory's teacher rows
+        in slot order (a strided view of the queue is fine); both are L2-normalised here; mem_ids (count,);
+        queue_state: the queue's (ptr, count) now; dead (count,) bool: slots left out (default:
+        those whose id is in `ids`). Returns (w, live) with live (count,) bool = ~dead.
+        """
+        n, count = batch_t.shape[0], mem_t.shape[0]
+        if count != queue_state[1] or count > self.size:
+            raise ValueError(f"mem_t has {count} rows but the queue holds {queue_state[1]} (size {self.size})")
+        dev = batch_t.device
+        if self.gram.device != dev:
+            raise ValueError(f"batch_t is on {dev} but the cache is on {self.gram.device}")
+        t = _unit(batch_t.detach().float())
+        mem_t = mem_t.detach().float()
+        if dead is None:
+            dead = torch.isin(mem_ids, ids)
+        if self._state != tuple(queue_state):  # out of step: one full GEMM, then incremental again
+            self.inv_norm[:count] = _inv_norm(mem_t)
+            unit = mem_t * self.inv_norm[:count, None]
+            self.gram[:count, :count] = _symmetric(unit @ unit.T)
+            self._state = tuple(queue_state)
+        g_bb = _symmetric(t @ t.T)
+        g_bm = (t @ mem_t.T).mul_(self.inv_norm[:count])
+        self._block = (g_bb, g_bm, tuple(queue_state))
+        ids_u = torch.cat([ids, mem_ids]).clone()
+        # Dead slots get ids of their own (below every real id) so they share none.
+        ids_u[n:][dead] = ids_u.min() - 1 - torch.arange(int(dead.sum()), device=dev)
+        nn_u = self._neighbour_lists(g_bb, g_bm, count, ids_u, dead, k)
+        g_rows = torch.cat([g_bb, g_bm], dim=1)
+        d2 = (2.0 - 2.0 * g_rows).clamp_min_(0.0)
+        d2[torch.arange(n, device=dev), torch.arange(n, device=dev)] = 0.0
+        w = contextual_similarity_rows(nn_u, d2, sigma)
+        live = ~dead
+        keep_cols = torch.cat([torch.ones(n, dtype=torch.bool, device=dev), live])
+        return w[:, keep_cols], live
+
+    @torch.no_grad()
+    def enqueued(self, ptr_before: int, rows: int, mem_t_after: torch.Tensor, queue_state: tuple[int, int]) -> None:
+        """Bring the cache in step after `rows` rows were written to slots ptr_before, ptr_before + 1, ...
+        (mod M). mem_t_after: the memory's teacher rows [:count] after the enqueue.
+        The batch's own block from `weights` is reused when those rows are this step's batch; otherwise
+        (other ranks' rows, no `weights` call this step) the written rows' block is computed from storage."""
+        block, self._block = self._block, None
+        if self._state is None:
+            return
+        count_after = queue_state[1]
+        m = self.size
+        written = min(rows, m)
+        slots = (ptr_before + (rows - written) + torch.arange(written, device=self.gram.device)) % m
+        old_count = self._state[1]
+        self.inv_norm[slots] = _inv_norm(mem_t_after[slots].float())
+        if block is not None and block[2] == self._state and block[0].shape[0] == rows:
+            g_bb, g_bm, _ = block
+            g_bb, g_bm = g_bb[rows - written:, rows - written:], g_bm[rows - written:]
+            self.gram[slots, :old_count] = g_bm
+            self.gram[:old_count, slots] = g_bm.T
+            self.gram[slots.unsqueeze(1), slots.unsqueeze(0)] = g_bb
+        else:
+            unit = mem_t_after.float() * self.inv_norm[:count_after, None]
+            g = unit[slots] @ unit.T
+            g[:, slots] = _symmetric(g[:, slots])
+            self.gram[slots, :count_after] = g
+            self.gram[:count_after, slots] = g.T
+        self._state = tuple(queue_state)
+
+    def get_extra_state(self):
+        return {"state": None if self._state is None else list(self._state)}
+
+    def set_extra_state(self, state):
+        st = state.get("state") if isinstance(state, dict) else None
+        self._state, self._block = (None if st is None else (int(st[0]), int(st[1]))), None
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, in_step={self._state is not None}"
+
+    def _neighbour_lists(self, g_bb, g_bm, count, ids_u, dead, k):
+        """(N + count, k) neighbour lists over U in rank order (see the module docstring)."""
+        n = g_bb.shape[0]
+        u = n + count
+        dev = g_bb.device
+        # Forced entries: i itself, then the rows sharing its id, by similarity then column.
+        order = torch.argsort(ids_u, stable=True)
+        sorted_ids = ids_u[order]
+        _, inverse, counts = torch.unique_consecutive(sorted_ids, return_inverse=True, return_counts=True)
+        gmax = int(counts.max())
+        starts = torch.cumsum(counts, 0) - counts
+        members = torch.full((counts.shape[0], gmax), -1, dtype=torch.long, device=dev)
+        pos = torch.arange(u, device=dev) - starts[inverse]
+        members[inverse, pos] = order
+        group_of = torch.empty(u, dtype=torch.long, device=dev)
+        group_of[order] = inverse
+        forced = members[group_of]                                  # (u, gmax), -1 padded
+        rows = torch.arange(u, device=dev)[:, None]
+        valid = forced >= 0
+        fsim = self._gram_at(g_bb, g_bm, rows.expand_as(forced), forced.clamp_min(0))
+        fsim = torch.where(valid, fsim, torch.full_like(fsim, _NEG))
+        fsim = torch.where(forced == rows, torch.full_like(fsim, float("inf")), fsim)  # self first
+        forced, fsim = _rank(forced.clamp_min(0), fsim)
+        valid = fsim > _NEG                                          # after ranking: the real entries first
+        forced = torch.where(valid, forced, rows)                    # pads -> the row itself (masked anyway)
+        nf = valid.sum(1).clamp_max(k)                               # (u,)
+
+        # The rest: the top (k + 1) of each row among the other live columns, batch and memory parts apart.
+        c = k + 1
+        key_b = torch.cat([g_bb, g_bm], dim=1).clone()               # batch rows over U
+        key_b[:, n:][:, dead] = _NEG
+        bf = forced[:n]
+        key_b.scatter_(1, bf, _NEG)                                  # forced (padded with self: also masked)
+        cb_val, cb_col = _topk(key_b, c)
+        # Memory rows: over the batch columns (g_bm^T) and the cached memory columns.
+        if n:  # along dim 0 of g_bm (its memory columns are rows here): no transposed copy
+            cb = min(c, n)
+            mb_val, mb_col = (t.T for t in torch.topk(g_bm, cb, dim=0, largest=True, sorted=True))
+        else:
+            mb_val, mb_col = g_bm.new_empty(count, 0), torch.empty(count, 0, dtype=torch.long, device=dev)
+        mm_val, mm_col = self._memory_topk(count, dead, forced[n:] - n, c)  # batch entries (none live) < 0
+        mem_val = torch.cat([mb_val, mm_val], dim=1)
+        mem_col = torch.cat([mb_col, mm_col + n], dim=1)
+        # Pad the batch rows' candidates to the memory rows' width so all rows merge at once.
+        width = mem_val.shape[1]
+        pad = width - cb_val.shape[1]
+        cb_val = torch.cat([cb_val, cb_val.new_full((n, pad), _NEG)], 1)
+        cb_col = torch.cat([cb_col, cb_col.new_zeros((n, pad))], 1)
+        cand_col, cand_val = _rank(torch.cat([cb_col, mem_col]), torch.cat([cb_val, mem_val]))
+
+        slot = torch.arange(k, device=dev)[None, :]
+        from_forced = slot < nf[:, None]
+        rest_pos = (slot - nf[:, None]).clamp_min(0)
+        out = torch.where(from_forced, forced[:, :k] if forced.shape[1] >= k else _pad_cols(forced, k),
+                          torch.gather(cand_col, 1, rest_pos))
+        # Exactness: the last taken candidate must beat the first one left out strictly; rows with a tie
+        # there (exact copies, quantised features) or with too few live candidates are ranked in full.
+        need = k - nf
+        has_rest = need > 0
+        last = torch.gather(cand_val, 1, (need - 1).clamp_min(0)[:, None]).squeeze(1)
+        nxt = torch.gather(cand_val, 1, need.clamp_max(cand_val.shape[1] - 1)[:, None]).squeeze(1)
+        bad = has_rest & ((last == nxt) | (last == _NEG))
+        if bool(bad.any()):
+            for i in torch.nonzero(bad).flatten().tolist():
+                out[i] = self._exact_row(i, g_bb, g_bm, count, ids_u, dead, k)
+        return out
+
+    def _memory_topk(self, count, dead, forced_mem, c):
+        """Top c of each memory row over the live memory columns, without its forced entries: masked in
+        place in the cache and restored afterwards (a copy of the M x M block would cost as much as the pass)."""
+        g = self.gram[:count, :count]
+        if count == 0:
+            return g.new_empty(0, c), torch.empty(0, c, dtype=torch.long, device=g.device)
+        dead_cols = torch.nonzero(dead).flatten()
+        saved_cols = g.index_select(1, dead_cols)
+        # Forced entries (the slot itself, its id's other copies) by flat index into the contiguous cache.
+        ok = forced_mem >= 0
+        flat = (torch.arange(count, device=g.device)[:, None] * self.size + forced_mem).masked_select(ok)
+        cache = self.gram.view(-1)
+        saved_forced = cache.index_select(0, flat)
+        g.index_fill_(1, dead_cols, _NEG)
+        cache.index_fill_(0, flat, _NEG)
+        try:
+            val, col = _topk(g, min(c, count))
+        finally:
+            cache.index_copy_(0, flat, saved_forced)
+            g.index_copy_(1, dead_cols, saved_cols)
+        if val.shape[1] < c:  # fewer memory columns than candidates: pad with nothing
+            val = torch.cat([val, val.new_full((count, c - val.shape[1]), _NEG)], 1)
+            col = torch.cat([col, col.new_zeros((count, c - col.shape[1]))], 1)
+        return val, col
+
+    def _gram_at(self, g_bb, g_bm, i, j):
+        """G[i, j] for index tensors over U (batch rows first, then memory slots)."""
+        n = g_bb.shape[0]
+        ib, jb = i < n, j < n
+        out = torch.empty(i.shape, dtype=g_bb.dtype, device=g_bb.device)
+        bb = ib & jb
+        out[bb] = g_bb[i[bb], j[bb]]
+        bm = ib & ~jb
+        out[bm] = g_bm[i[bm], j[bm] - n]
+        mb = ~ib & jb
+        out[mb] = g_bm[j[mb], i[mb] - n]
+        mm = ~ib & ~jb
+        out[mm] = self.gram[i[mm] - n, j[mm] - n]
+        return out
+
+    def _exact_row(self, i, g_bb, g_bm, count, ids_u, dead, k):
+        """Row i's list by a full stable sort of its similarities (the tie fallback)."""
+        n = g_bb.shape[0]
+        if i < n:
+            row = torch.cat([g_bb[i], g_bm[i]])
+        else:
+            row = torch.cat([g_bm[:, i - n], self.gram[i - n, :count]])
+        row = row.clone()
+        row[n:][dead] = _NEG
+        group = torch.full_like(row, 2.0)
+        group[ids_u == ids_u[i]] = 1.0
+        group[i] = 0.0
+        dead_u = torch.cat([torch.zeros(n, dtype=torch.bool, device=row.device), dead])
+        group[dead_u & (torch.arange(row.shape[0], device=row.device) != i)] = 3.0
+        # Sort by (group asc, similarity desc, column asc): two stable sorts.
+        idx = torch.argsort(-row, stable=True)
+        idx = idx[torch.argsort(group[idx], stable=True)]
+        return idx[:k]
+
+
+def _inv_norm(x: torch.Tensor) -> torch.Tensor:
+    return 1.0 / x.norm(dim=1).clamp_min(1e-12)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x * _inv_norm(x)[:, None]
+
+
+def _symmetric(g: torch.Tensor) -> torch.Tensor:
+    """The upper triangle mirrored: a GEMM may round (i, j) and (j, i) differently."""
+    upper = torch.triu(g)
+    return upper + torch.triu(g, 1).T
+
+
+def _topk(x: torch.Tensor, c: int):
+    c = min(c, x.shape[1])
+    if c == 0:
+        return x.new_empty(x.shape[0], 0), torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
+    return torch.topk(x, c, dim=1, largest=True, sorted=True)
+
+
+def _rank(cols: torch.Tensor, vals: torch.Tensor):
+    """Each row's (column, value) pairs by value descending, equal values by column ascending."""
+    by_col = torch.argsort(cols, dim=1, stable=True)
+    cols, vals = torch.gather(cols, 1, by_col), torch.gather(vals, 1, by_col)
+    by_val = torch.argsort(-vals, dim=1, stable=True)
+    return torch.gather(cols, 1, by_val), torch.gather(vals, 1, by_val)
+
+
+def _pad_cols(x: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros((x.shape[0], k - x.shape[1]))], 1)

@@ -1,0 +1,98 @@
+"""ContextualCache (stml_memory's teacher side) against the fused contextual_similarity over batch ∪ live memory."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssml_fast.memory import FeatureQueue
+from ssml_fast.memory.contextual_cache import ContextualCache
+from ssml_fast.ops import contextual_similarity
+
+
+def fused_rows(t, ids, mem_t, mem_ids, live, k, sigma):
+    """The fused op at n = N + K on [batch; live memory], rows of the batch."""
+    emb = torch.cat([t, mem_t[live]])
+    return contextual_similarity(emb, k, sigma, torch.cat([ids, mem_ids[live]]))[: t.shape[0]]
+
+
+def run_steps(size, n, d, k, steps, seed=0, id_range=60, sigma=3.0):
+    g = torch.Generator().manual_seed(seed)
+    queue = FeatureQueue(size, d)
+    cache = ContextualCache(size)
+    checked = 0
+    for step in range(steps):
+        t = torch.randn(n, d, generator=g)
+        ids = torch.randint(0, id_range, (n // 2,), generator=g).repeat(2)  # two views share an id
+        mem_t, _, mem_ids = queue.view()
+        if len(queue) and n + int((~torch.isin(mem_ids, ids)).sum()) >= k:
+            w, live = cache.weights(t, ids, mem_t, mem_ids, (queue.ptr, queue.count), k, sigma)
+            want = fused_rows(t, ids, mem_t, mem_ids, live, k, sigma)
+            assert w.shape == want.shape
+            torch.testing.assert_close(w, want, atol=2e-6, rtol=0, msg=lambda s: f"step {step}: {s}")
+            checked += 1
+        ptr = queue.ptr
+        queue.enqueue(t, ids=ids)  # raw rows: the cache normalises (and keeps the inverse norms)
+        cache.enqueued(ptr, n, queue.view()[0], (queue.ptr, queue.count))
+    return checked, cache, queue
+
+
+@pytest.mark.parametrize("size,n,k", [(64, 12, 4), (100, 16, 10), (50, 20, 6), (30, 40, 5)])
+def test_every_step_equals_the_fused_op(size, n, k):
+    """Filling, wrapping around (also by a batch larger than the memory), ids repeated across steps
+    (memory copies of one image rank first for each other; entries sharing a batch id are dropped)."""
+    checked, _, _ = run_steps(size, n, 8, k, steps=12, seed=size + n)
+    assert checked >= 10
+
+
+def test_out_of_step_cache_rebuilds_and_catches_up():
+    """Enqueues the cache did not see (warm-up, other ranks) are caught: full rebuild, then incremental."""
+    g = torch.Generator().manual_seed(3)
+    queue, cache = FeatureQueue(40, 6), ContextualCache(40)
+    for _ in range(3):  # unseen
+        queue.enqueue(F.normalize(torch.randn(10, 6, generator=g), dim=1), ids=torch.randint(100, 200, (10,), generator=g))
+    for step in range(5):
+        t, ids = torch.randn(8, 6, generator=g), torch.arange(4).repeat(2) + 10 * step
+        mem_t, _, mem_ids = queue.view()
+        w, live = cache.weights(t, ids, mem_t, mem_ids, (queue.ptr, queue.count), 5, 1.0)
+        torch.testing.assert_close(w, fused_rows(F.normalize(t, dim=1), ids, mem_t, mem_ids, live, 5, 1.0), atol=2e-6, rtol=0)
+        ptr = queue.ptr
+        extra = F.normalize(torch.randn(3, 6, generator=g), dim=1)
+        queue.enqueue(torch.cat([F.normalize(t, dim=1), extra]), ids=torch.cat([ids, torch.tensor([500, 501, 502]) + step]))
+        cache.enqueued(ptr, 11, queue.view()[0], (queue.ptr, queue.count))  # not this batch's block: computed
+
+
+def test_exact_ties_use_the_index_rule():
+    """Quantised rows (many equal similarities, exact copies): the tie fallback ranks whole rows."""
+    g = torch.Generator().manual_seed(1)
+    size, n, d, k = 48, 12, 16, 6
+    queue, cache = FeatureQueue(size, d), ContextualCache(size)
+    for step in range(8):
+        base = (torch.randint(0, 2, (6, d), generator=g) * 2 - 1).float() * 0.25  # unit rows, exact distances
+        t = base[torch.randint(0, 6, (n,), generator=g)]
+        ids = torch.arange(n // 2).repeat(2) + 100 * step
+        mem_t, _, mem_ids = queue.view()
+        if len(queue):
+            w, live = cache.weights(t, ids, mem_t, mem_ids, (queue.ptr, queue.count), k, 3.0)
+            torch.testing.assert_close(w, fused_rows(t, ids, mem_t, mem_ids, live, k, 3.0), atol=1e-6, rtol=0)
+        ptr = queue.ptr
+        queue.enqueue(t, ids=ids)
+        cache.enqueued(ptr, n, queue.view()[0], (queue.ptr, queue.count))
+
+
+def test_state_dict_round_trip_continues_identically():
+    _, cache, queue = run_steps(64, 12, 8, 4, steps=8, seed=5)
+    clone = ContextualCache(64)
+    clone.load_state_dict(cache.state_dict())
+    assert torch.equal(clone.gram, cache.gram) and clone._state == cache._state
+    t, ids = torch.randn(12, 8), torch.arange(6).repeat(2) + 1000
+    mem_t, _, mem_ids = queue.view()
+    a = cache.weights(t, ids, mem_t, mem_ids, (queue.ptr, queue.count), 4, 3.0)[0]
+    b = clone.weights(t, ids, mem_t, mem_ids, (queue.ptr, queue.count), 4, 3.0)[0]
+    assert torch.equal(a, b)
+
+
+def test_bad_arguments():
+    cache = ContextualCache(10)
+    with pytest.raises(ValueError, match="mem_t"):
+        cache.weights(torch.randn(4, 3), torch.arange(4), torch.randn(5, 3), torch.arange(5), (5, 6), 2, 3.0)
+    with pytest.raises(ValueError, match="size"):
+        ContextualCache(0)
