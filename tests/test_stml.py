@@ -290,13 +290,10 @@ def test_memory_terms_gradcheck_and_given_weights(form):
 
 def _rc_g_of(loss, f, g, t, ids, mf, mg, mt, mids):
     """RC(g) as a differentiable function of g (the memory terms' only dependence on g with a gradient)."""
-    from ssml_fast.losses.stml_loss import _RectTerms, _row_distances
+    from ssml_fast.losses import relative_distance
 
-    n, c = f.shape[0], f.shape[0] + mf.shape[0]
-    w = contextual_reference(torch.cat([t, mt]), loss.k, loss.sigma, torch.cat([ids, mids]))[0][:n]
-    scale = 1.0 / (n * (c - 1)) if loss.form == "code" else 1.0 / n
-    return _RectTerms.apply(_row_distances(f, mf), _row_distances(g, mg), w, loss.rc.delta, loss.kl.temperature,
-                            loss.form == "thesis", scale, 1.0)[1]
+    w = contextual_reference(torch.cat([t, mt]), loss.k, loss.sigma, torch.cat([ids, mids]))[0][: f.shape[0]]
+    return loss.rc.from_distances(relative_distance(g, memory=mg), w)
 
 
 def _stml_memory(split, **kw):

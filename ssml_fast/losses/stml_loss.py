@@ -89,16 +89,7 @@ class STMLLoss(nn.Module):
         if self.k > n:
             raise ValueError(f"k={self.k} neighbours need a batch of at least k rows, got N={n}")
         w = contextual_similarity(teacher_g.detach(), self.k, self.sigma, ids).to(student_f.device)
-        # Each relative distance matrix once (the GEMMs are most of the loss's cost): RC and KL share them.
-        d_f, d_g = relative_distance(student_f), relative_distance(student_g)
-        rc_f, rc_g = self.rc.from_distances(d_f, w), self.rc.from_distances(d_g, w)
-        kl = self.kl.from_distances(d_f, d_g.detach())
-        if self.form == "code":
-            rc_f, rc_g = rc_f / (n - 1), rc_g / (n - 1)
-            kl = kl * self.kl.temperature ** 2
-        total = 0.5 * (rc_f + rc_g) + kl
-        self.parts = STMLParts(total.detach(), rc_f.detach(), rc_g.detach(), kl.detach(), w)
-        return total
+        return self._terms(student_f, student_g, w)
 
     def memory_terms(self, student_f, student_g, teacher_g, ids, mem_f, mem_g, mem_t, mem_ids,
                      weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -126,87 +117,19 @@ class STMLLoss(nn.Module):
                 raise ValueError(f"weights must have shape ({n}, {c}) (batch rows x batch ∪ memory), got "
                                  f"{tuple(weights.shape)}")
             w = weights.detach().to(student_f.device)
-        d_f = _row_distances(student_f, mem_f)
-        d_g = _row_distances(student_g, mem_g)
-        scale = 1.0 / (n * (c - 1)) if self.form == "code" else 1.0 / n
-        kl_scale = self.kl.temperature ** 2 / n if self.form == "code" else 1.0 / n
-        rc_f, rc_g, kl = _RectTerms.apply(d_f, d_g, w.to(d_f.dtype), float(self.rc.delta),
-                                          float(self.kl.temperature), self.form == "thesis", scale, kl_scale)
+        return self._terms(student_f, student_g, w, mem_f, mem_g)
+
+    def _terms(self, student_f, student_g, w, mem_f=None, mem_g=None):
+        """0.5 (RC(f) + RC(g)) + KL over the batch rows against [batch; memory] (no memory: the batch)."""
+        # Each relative distance matrix once (the GEMMs are most of the loss's cost): RC and KL share them.
+        d_f = relative_distance(student_f, memory=mem_f)
+        d_g = relative_distance(student_g, memory=mem_g)
+        c = d_f.shape[1]
+        rc_f, rc_g = self.rc.from_distances(d_f, w), self.rc.from_distances(d_g, w)
+        kl = self.kl.from_distances(d_f, d_g.detach())
+        if self.form == "code":
+            rc_f, rc_g = rc_f / (c - 1), rc_g / (c - 1)
+            kl = kl * self.kl.temperature ** 2
         total = 0.5 * (rc_f + rc_g) + kl
         self.parts = STMLParts(total.detach(), rc_f.detach(), rc_g.detach(), kl.detach(), w)
         return total
-
-
-class _RectTerms(torch.autograd.Function):
-    """RC(f), RC(g) and KL of the memory loss from the raw distances D (N, C) (column i of row i is the self
-    distance, 0), with closed-form gradients: a handful of passes over the N x C matrices instead of autograd
-    through ~40 elementwise ops (at N 240, C 4336 those passes, not the GEMMs, were most of the loss).
-
-    With mu_i = mean_j D_ij (all C columns), d = D / mu, r = [delta - d]_+, over j != i:
-      RC = scale * sum w d^2 + (1 - w) r^2,          dRC/dd_ij = scale * 2 (w d - (1 - w) r) = a_ij
-      KL = kl_scale * sum_i sum_j q_ij (log q_ij - log p_ij), p / q = softmax_j(-d^f / T) / softmax_j(-d^g / T)
-           (d^g a constant; j = i excluded in the thesis form),   dKL/dd^f_ij = kl_scale (q - p)_ij / T = b_ij
-      and through the row mean: dL/dD_ij = (x_ij - (1/C) sum_l x_il d_il) / mu_i for x = a or b.
-    tests/test_stml.py checks values and gradients against the plain autograd formulas and by gradcheck.
-    """
-
-    @staticmethod
-    def forward(ctx, d_f, d_g, w, delta, temperature, exclude_self, scale, kl_scale):
-        n, c = d_f.shape
-        diag = torch.arange(n, device=d_f.device)
-        rc_f, grad_rc_f, rel_f, inv_f = _rc_and_grad(d_f, w, delta, scale, diag)
-        rc_g, grad_rc_g, rel_g, _ = _rc_and_grad(d_g, w, delta, scale, diag)
-        lf, lg = rel_f * (-1.0 / temperature), rel_g * (-1.0 / temperature)
-        if exclude_self:
-            lf[diag, diag] = -torch.inf
-            lg[diag, diag] = -torch.inf
-        log_p, log_q = torch.log_softmax(lf, dim=1), torch.log_softmax(lg, dim=1)
-        del lf, lg
-        q = torch.exp(log_q)
-        diff = log_q.sub_(log_p)                       # log q - log p (log_q is not needed after this)
-        if exclude_self:
-            diff[diag, diag] = 0.0                     # -inf - -inf: the excluded self column adds nothing
-        kl = (q * diff).sum() * kl_scale
-        b = q.sub_(log_p.exp_()).mul_(kl_scale / temperature)   # (q - p) * kl_scale / T
-        grad_kl = _through_row_mean(b, rel_f, inv_f)
-        ctx.save_for_backward(grad_rc_f, grad_rc_g, grad_kl)
-        return rc_f, rc_g, kl
-
-    @staticmethod
-    def backward(ctx, g_rc_f, g_rc_g, g_kl):
-        grad_rc_f, grad_rc_g, grad_kl = ctx.saved_tensors
-        grad_f = grad_rc_f * g_rc_f + grad_kl * g_kl
-        return grad_f, grad_rc_g * g_rc_g, None, None, None, None, None, None
-
-
-def _rc_and_grad(d, w, delta, scale, diag):
-    """RC value (0-d), its gradient with respect to the raw distances, d / mu and 1 / mu."""
-    c = d.shape[1]
-    inv = 1.0 / (d.sum(dim=1) / c).clamp_min(1e-12)
-    rel = d * inv[:, None]
-    r = torch.clamp_min(delta - rel, 0.0)
-    rr, dd = r * r, rel * rel
-    term = rr + w * (dd - rr)                          # w d^2 + (1 - w) r^2
-    term[diag, diag] = 0.0                             # j = i is not a pair
-    value = term.sum() * scale
-    a = torch.mul(w, rel + r).sub_(r).mul_(2.0 * scale)  # 2 (w d - (1 - w) r) = 2 (w (d + r) - r)
-    a[diag, diag] = 0.0
-    return value, _through_row_mean(a, rel, inv), rel, inv
-
-
-def _through_row_mean(x, rel, inv):
-    """dL/dD from dL/d(d) = x for d = D / mean_j D: (x_ij - (1/C) sum_l x_il d_il) / mu_i."""
-    c = x.shape[1]
-    s = (x * rel).sum(dim=1) / c
-    return x.sub_(s[:, None]).mul_(inv[:, None])
-
-
-def _row_distances(batch: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """(N, N + M) euclidean distances of the batch rows to [batch; memory (detached)], the self-distance
-    exactly 0. Float32 at least (half inputs are promoted). Two blocks rather than one distance to
-    cat([batch, memory]): the memory block's backward is then one GEMM into the batch rows only, not a
-    second one into memory rows that take no gradient (at M = 4096, d = 1024: ~60 ms per step here)."""
-    dtype = _checks.compute_dtype(batch)
-    b = batch.to(dtype)
-    return torch.cat([_pairs.distance(b, None, "euclidean"),
-                      _pairs.distance(b, memory.detach().to(dtype), "euclidean")], dim=1)
