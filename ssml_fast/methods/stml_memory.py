@@ -42,7 +42,7 @@ from typing import ClassVar
 import torch
 
 from ..memory import FeatureQueue
-from ..memory.contextual_cache import ContextualCache
+from ..memory import ContextualCache
 from ..memory.queue import distributed_world
 from .base import Batch, DataInfo, StepOutput
 from .stml import STML, STMLConfig

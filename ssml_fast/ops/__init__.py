@@ -1,6 +1,7 @@
 """Typed wrappers over the compiled ops (torch.ops.ssml_fast.*), with autograd and fake kernels."""
 from . import _autocast  # noqa: F401  (registers the ops' autocast rules)
 from .contextual import ContextualSimilarity, contextual_similarity
+from .contextual_rows import contextual_similarity_rows
 from .distance import DISTANCES, pairwise_distance
 from .memory import bank_momentum_update_, queue_enqueue_, queue_enqueue_many_
 from .rerank import RERANK_MODES, kreciprocal_rerank, topk_neighbors
@@ -15,6 +16,7 @@ __all__ = [
     "TripletLoss",
     "bank_momentum_update_",
     "contextual_similarity",
+    "contextual_similarity_rows",
     "kreciprocal_rerank",
     "pairwise_distance",
     "queue_enqueue_",
