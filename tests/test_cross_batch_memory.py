@@ -236,7 +236,7 @@ def test_bad_input(call, match):
 # ---------------------------------------------------------------- PML's CrossBatchMemory, same numbers
 
 @pytest.mark.parametrize("use_mask", [False, True])
-@pytest.mark.parametrize("which", ["triplet", "contrastive", "ntxent", "triplet_miner"])
+@pytest.mark.parametrize("which", ["triplet", "contrastive", "ntxent", "triplet_miner", "lifted", "generalized_lifted"])
 def test_matches_pml_cross_batch_memory(which, use_mask):
     """PML's signature and forward (embeddings, labels, indices_tuple=None, enqueue_mask=None), and its
     memory_size (the batch included): the same losses and gradients step after step, the memory wrapping."""
@@ -249,7 +249,11 @@ def test_matches_pml_cross_batch_memory(which, use_mask):
     ours_loss, pml_loss = {"triplet": (L.TripletMarginLoss(0.2), pml_losses.TripletMarginLoss(0.2)),
                            "triplet_miner": (L.TripletMarginLoss(0.2), pml_losses.TripletMarginLoss(0.2)),
                            "contrastive": (L.ContrastiveLoss(), pml_losses.ContrastiveLoss()),
-                           "ntxent": (L.NTXentLoss(0.3), pml_losses.NTXentLoss(0.3))}[which]
+                           "ntxent": (L.NTXentLoss(0.3), pml_losses.NTXentLoss(0.3)),
+                           # the per-pair form reads reference row numbers: ours runs on PML's slot layout
+                           "lifted": (L.LiftedStructureLoss(), pml_losses.LiftedStructureLoss()),
+                           "generalized_lifted": (L.GeneralizedLiftedStructureLoss(),
+                                                  pml_losses.GeneralizedLiftedStructureLoss())}[which]
     miners = (M.MultiSimilarityMiner(0.2), pml_miners.MultiSimilarityMiner(0.2)) if which == "triplet_miner" \
         else (None, None)
     ours = CrossBatchMemory(ours_loss, 4, memory_size=14, miner=miners[0])  # reference_grad=False: PML's, the default
@@ -295,36 +299,73 @@ def test_reference_grad_default_detaches_the_batch_copy_as_pml():
         CrossBatchMemory(loss, reference_grad=1)
 
 
-def test_foreign_loss_gets_explicit_self_free_pairs():
-    """A loss that is not an ssml_fast MetricLoss (here PML's) gets the pairs as an indices_tuple: the same
-    numbers as PML's own CrossBatchMemory."""
+@pytest.mark.parametrize("use_mask", [False, True])
+@pytest.mark.parametrize("name", ["ContrastiveLoss", "LiftedStructureLoss"])
+def test_foreign_loss_gets_explicit_self_free_pairs(name, use_mask):
+    """A loss that is not an ssml_fast MetricLoss (here PML's) gets the pairs as an indices_tuple on PML's
+    slot layout: the same numbers as PML's own CrossBatchMemory (LiftedStructureLoss reads the row numbers)."""
     pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
-    ours = CrossBatchMemory(pml_losses.ContrastiveLoss(), 4, memory_size=14)
-    theirs = pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), 4, memory_size=14)
-    theirs.embedding_memory = theirs.embedding_memory.double()
+    ours = CrossBatchMemory(getattr(pml_losses, name)(), 4, memory_size=14)
+    theirs = pml_losses.CrossBatchMemory(getattr(pml_losses, name)(), 4, memory_size=14)
     g = torch.Generator().manual_seed(8)
-    for step in range(4):
+    for step in range(6):  # 36 (or 18) rows through 14 slots: the slots wrap
         emb = torch.randn(6, 4, generator=g, dtype=torch.float64)
         labels = torch.randint(0, 3, (6,), generator=g)
-        torch.testing.assert_close(ours(emb, labels), theirs(emb, labels), msg=f"step {step}")
+        mask = (torch.arange(6) % 2 == 1) if use_mask else None
+        torch.testing.assert_close(ours(emb, labels, enqueue_mask=mask), theirs(emb, labels, enqueue_mask=mask),
+                                   msg=f"step {step}")
+        assert ours.queue_idx == theirs.queue_idx and ours.has_been_filled == theirs.has_been_filled
+        assert torch.equal(ours.embedding_memory, theirs.embedding_memory)
+        assert torch.equal(ours.label_memory, theirs.label_memory)
+
+
+def test_slot_layout_with_ids_drops_the_stale_copies():
+    """PML's layout (a foreign loss) with our ids: a batch seen again pairs only with its fresh rows, as the
+    batch-first layout does: the in-batch loss."""
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    xbm = CrossBatchMemory(pml_losses.ContrastiveLoss(), memory_size=32)
+    emb, labels, ids = next(batches(1, b=8, n_ids=8))
+    for _ in range(3):
+        torch.testing.assert_close(xbm(emb, labels, ids=ids), pml_losses.ContrastiveLoss()(emb, labels))
+    assert xbm.queue_idx == 24 and len(xbm.queue) == 24
 
 
 def test_caller_tuple_is_merged_after_self_pair_removal():
-    """As PML: the self pairs leave the mined / all pairs, then the caller's tuple is appended as given (its
-    indices into the reference [batch; memory], so a self pair the caller lists stays)."""
-    from ssml_fast.losses import ContrastiveLoss
-
-    loss = ContrastiveLoss()
-    xbm = CrossBatchMemory(ContrastiveLoss(), memory_size=14)
-    plain = PlainMemory(14)
-    for step, (emb, labels, ids) in enumerate(batches(4, seed=9)):
+    """As PML: the self pairs leave the all pairs, then the caller's tuple is appended as given; its
+    positives / negatives name memory slots (the memory once this batch is written at curr_batch_idx), so
+    a self pair the caller lists stays. Same numbers as PML's CrossBatchMemory."""
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    ours = CrossBatchMemory(ContrastiveLoss(), 4, memory_size=14)
+    theirs = pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), 4, memory_size=14)
+    theirs.embedding_memory = theirs.embedding_memory.double()
+    for step, (emb, labels, _) in enumerate(batches(4, b=6, dim=4, seed=9)):
         extra = (torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([3]), torch.tensor([4]))
-        ref, ref_labels = plain.reference(emb, labels, ids)
-        pos = [(i, j) for i in range(len(emb)) for j in range(len(ref)) if ref_labels[j] == labels[i] and j != i]
-        neg = [(i, j) for i in range(len(emb)) for j in range(len(ref)) if ref_labels[j] != labels[i]]
-        a1, p = (torch.tensor(c, dtype=torch.long) for c in zip(*pos))
-        a2, n = (torch.tensor(c, dtype=torch.long) for c in zip(*neg))
-        tup = (torch.cat([a1, extra[0]]), torch.cat([p, extra[1]]), torch.cat([a2, extra[2]]), torch.cat([n, extra[3]]))
-        torch.testing.assert_close(xbm(emb, labels, extra, ids=ids), loss(emb, labels, tup, ref, ref_labels),
+        torch.testing.assert_close(ours(emb, labels, extra), theirs(emb, labels, extra).to(emb.dtype),
                                    msg=f"step {step}")
-        plain.enqueue(emb, labels, ids)
+        assert ours.queue_idx == theirs.queue_idx and torch.equal(ours.curr_batch_idx, theirs.curr_batch_idx)
+    with pytest.raises(ValueError, match="memory slot"):
+        ours(emb, labels, (torch.tensor([0]), torch.tensor([14]), torch.tensor([0])))
+
+
+def test_pml_attributes_are_views_of_the_queue():
+    xbm = CrossBatchMemory(ContrastiveLoss(), 3, memory_size=5)
+    assert torch.equal(xbm.label_memory, torch.zeros(5, dtype=torch.long)) and not xbm.has_been_filled
+    assert xbm.embedding_memory is xbm.queue.embeddings and xbm.label_memory is xbm.queue.labels
+    emb, labels = torch.randn(3, 3, dtype=torch.float64), torch.tensor([1, 2, 1])
+    xbm(emb, labels)  # float64 batch into the empty float32 memory: the memory follows (as PML's)
+    assert xbm.embedding_memory.dtype == torch.float64 and xbm.queue_idx == 3
+    assert torch.equal(xbm.curr_batch_idx, torch.tensor([0, 1, 2]))
+    assert torch.equal(xbm.embedding_memory[:3], emb) and torch.equal(xbm.label_memory[:3], labels)
+    xbm.add_to_memory(emb, labels, 3)
+    assert torch.equal(xbm.curr_batch_idx, torch.tensor([3, 4, 0])) and xbm.has_been_filled and xbm.queue_idx == 1
+    from ssml_fast.memory.cross_batch import remove_self_comparisons
+    a, p, n = remove_self_comparisons((torch.tensor([0, 1, 2, 2]), torch.tensor([3, 3, 0, 1]), torch.zeros(4, dtype=torch.long)),
+                                      xbm.curr_batch_idx)
+    assert a.tolist() == [1, 2] and p.tolist() == [3, 1]
+    xbm.reset_queue()
+    assert xbm.queue_idx == 0 and not xbm.has_been_filled and not xbm.embedding_memory.any() and not xbm.label_memory.any()
+    assert "ContrastiveLoss" in CrossBatchMemory.supported_losses()
+    with pytest.raises(ValueError, match="not supported"):
+        CrossBatchMemory.check_loss_support("ProxyAnchorLoss")
+    with pytest.raises(ValueError, match="embedding_memory"):
+        xbm.embedding_memory = torch.zeros(4, 3)

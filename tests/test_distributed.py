@@ -244,8 +244,15 @@ def _check_cross_batch(rank):
         v.backward()
         worst["loss_rel"] = max(worst["loss_rel"], _rel(v, v_ref))
         worst["grad_rel"] = max(worst["grad_rel"], _max_rel(_grads(net.module), _grads(ref)))
-    worst["memory_equal"] = all(torch.equal(a.double(), b.double()) if a.is_floating_point() else torch.equal(a, b)
-                                for a, b in zip(xbm.loss.queue.get(), xbm_ref.queue.get()))
+    # The memory stores the batch's dtype (float64 here, as PML's): the DDP shards' forward on 6 rows and the
+    # single process's on 12 round differently in the last bit, so the stored rows are compared to the single
+    # process within RTOL (labels / ids exactly), and bitwise across the ranks.
+    (emb, *rest), (emb_ref, *rest_ref) = xbm.loss.queue.get(), xbm_ref.queue.get()
+    worst["memory_rel"] = _rel(emb, emb_ref)
+    worst["memory_dtype"] = emb.dtype == emb_ref.dtype == torch.float64
+    worst["memory_labels_ids_equal"] = all(torch.equal(a, b) for a, b in zip(rest, rest_ref))
+    worst["memory_identical_on_ranks"] = _same_on_all_ranks([*xbm.loss.queue.get(), xbm.loss.queue.ptr,
+                                                             xbm.loss.queue.count])
     return worst
 
 
@@ -398,7 +405,8 @@ def test_memory_queue_and_bank_identical_on_ranks_after_wraparound(results):
 
 def test_cross_batch_memory_in_wrapper_equals_single_process(results):
     for r in _get(results, "cross_batch"):
-        assert r["loss_rel"] < RTOL and r["grad_rel"] < RTOL and r["memory_equal"], r
+        assert r["loss_rel"] < RTOL and r["grad_rel"] < RTOL and r["memory_rel"] < RTOL, r
+        assert r["memory_dtype"] and r["memory_labels_ids_equal"] and r["memory_identical_on_ranks"], r
 
 
 def test_gather_unequal_rows_rank_order_and_gradient(results):

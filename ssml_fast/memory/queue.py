@@ -19,19 +19,24 @@ def distributed_world(group) -> int:
     return active_world(group)
 
 
-def all_gather_rows(rows: torch.Tensor, group=None) -> torch.Tensor:
-    """Concatenate every rank's rows (n_r, ...) in rank order; the ranks may hold different n_r."""
-    world = dist.get_world_size(group)
-    n = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
-    sizes = [torch.empty_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n, group=group)
-    sizes = [int(s) for s in sizes]
+def gathered_row_counts(n: int, device, group=None) -> list[int]:
+    """Every rank's row count n_r, in rank order (one all_gather)."""
+    mine = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, mine, group=group)
+    return [int(s) for s in sizes]
+
+
+def all_gather_rows(rows: torch.Tensor, group=None, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate every rank's rows (n_r, ...) in rank order; the ranks may hold different n_r (`sizes`,
+    gathered here when not given)."""
+    sizes = gathered_row_counts(rows.shape[0], rows.device, group) if sizes is None else sizes
     longest = max(sizes)
     if longest == 0:  # every rank agrees (same sizes), so all skip the second collective together
         return rows
     padded = rows.new_zeros((longest, *rows.shape[1:]))
     padded[: rows.shape[0]] = rows
-    parts = [torch.empty_like(padded) for _ in range(world)]
+    parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded, group=group)
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
@@ -48,18 +53,23 @@ class FeatureQueue(nn.Module):
     """
 
     def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float32, device=None,
-                 gather: bool = True, process_group=None):
+                 gather: bool = True, process_group=None, empty_label: int = MISSING):
         super().__init__()
         size, dim = check_size("size", size), check_size("dim", dim)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.register_buffer("embeddings", torch.zeros((size, dim), dtype=dtype, device=device))
-        self.register_buffer("labels", torch.full((size,), MISSING, dtype=torch.long, device=device))
+        # empty_label: what unused label slots hold (CrossBatchMemory mirrors PML's zero-initialised label_memory)
+        self.empty_label = int(empty_label)
+        self.register_buffer("labels", torch.full((size,), self.empty_label, dtype=torch.long, device=device))
         self.register_buffer("ids", torch.full((size,), MISSING, dtype=torch.long, device=device))
         self.gather = bool(gather)
         self.process_group = process_group
         self.ptr = 0    # slot the next row goes to = the oldest entry once full
         self.count = 0  # valid entries
+        # The caller's rows of the last enqueue went to slots (last_start + arange(last_count)) % size (under
+        # torch.distributed: this rank's rows, after the lower ranks'); CrossBatchMemory.curr_batch_idx.
+        self.last_start = self.last_count = 0
 
     @property
     def size(self) -> int:
@@ -94,14 +104,18 @@ class FeatureQueue(nn.Module):
             labels = missing if labels is None else labels
             ids = missing if ids is None else ids
         rows = [embeddings.detach().to(self.embeddings.dtype), labels, ids]
+        ptr, offset, mine = self.ptr, 0, n
         if self.gather and distributed_world(self.process_group) > 1:
-            rows = [all_gather_rows(rows[0], self.process_group),
-                    *all_gather_rows(torch.stack(rows[1:], 1), self.process_group).unbind(1)]
+            group = self.process_group
+            sizes = gathered_row_counts(n, device, group)
+            offset = sum(sizes[: dist.get_rank(group)])
+            rows = [all_gather_rows(rows[0], group, sizes),
+                    *all_gather_rows(torch.stack(rows[1:], 1), group, sizes).unbind(1)]
             n = rows[0].shape[0]
+        self.last_start, self.last_count = (ptr + offset) % self.size, mine
         if n == 0:
             return
         # The arguments are checked above; the raw op keeps only its own bounds checks.
-        ptr = self.ptr
         torch.ops.ssml_fast.queue_enqueue_many_([self.embeddings, self.labels, self.ids], rows, ptr)
         self.ptr = (ptr + n) % self.size
         self.count = min(self.count + n, self.size)
@@ -119,10 +133,10 @@ class FeatureQueue(nn.Module):
 
     def reset(self) -> None:
         """Empty the queue (storage is kept)."""
-        self.labels.fill_(MISSING)
+        self.labels.fill_(self.empty_label)
         self.ids.fill_(MISSING)
         self.embeddings.zero_()
-        self.ptr = self.count = 0
+        self.ptr = self.count = self.last_start = self.last_count = 0
 
     @torch.no_grad()
     def topk(self, query: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None):
@@ -153,6 +167,7 @@ class FeatureQueue(nn.Module):
         if not (0 <= count <= self.size and 0 <= ptr < self.size and (count == self.size or ptr == count)):
             raise ValueError(f"inconsistent queue state ptr={ptr}, count={count} for size {self.size}")
         self.ptr, self.count = ptr, count
+        self.last_start = self.last_count = 0  # which rows were "last" is not part of the state
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}, dtype={self.embeddings.dtype}, len={self.count}"
