@@ -34,7 +34,10 @@ order and with the same calls, with `time.perf_counter()` between the phases:
   `scaler.step`, `scaler.update`, `scheduler.step`;
 - loop: the trainer's own bookkeeping (finite-loss check, autocast context, per-step log sums);
 - epoch: `set_epoch`, `on_epoch_start`, `on_epoch_end` and the view generator, spread over the epoch's steps
-  (validation, which the trainer runs between epochs, is not part of a step and is left out).
+  (validation, which the trainer runs between epochs, is not part of a step and is left out). Network
+  forwards inside these hooks (STML / InsCLR re-embedding the training set once per epoch, no grad) are
+  timed by the same module hooks and counted in "net fwd", spread over the epoch's steps the same way: they
+  are the networks' forward passes the method needs; "epoch" keeps the rest (neighbour tables, pools).
 overhead = median over the timed steps of (step - net fwd - net bwd) / step (also given from the per-phase
 medians; under load the long network phases have the heavier tail, which makes that figure smaller). The methods
 run round-robin, one step each per round, so a change of load on this shared machine hits all of them
@@ -175,11 +178,13 @@ class StepRunner:
         self.timer = _NetworkTimer(network_modules(self.method))
         self.epoch = -1
         self.epoch_seconds = 0.0
+        self.epoch_net = 0.0  # network forward time inside the epoch hooks (the per-epoch re-embedding)
         self.samples: dict[str, list] = {p: [] for p in PHASES}
         self.iterator = iter(())
         self.method.train()
 
     def _next_epoch(self) -> None:
+        self.timer.reset()
         t = time.perf_counter()
         if self.epoch >= 0:
             self.method.on_epoch_end(self.epoch, self.ctx)
@@ -192,6 +197,7 @@ class StepRunner:
         self.method.train()
         self.iterator = iter(self.sampler)
         self.epoch_seconds = time.perf_counter() - t
+        self.epoch_net = self.timer.forward
 
     def _indices(self):
         try:
@@ -249,19 +255,19 @@ class StepRunner:
         for v in out.logs.values():
             sums = sums + (v.detach().double().cpu() if torch.is_tensor(v) else float(v))
         t11 = time.perf_counter()
-        net_fwd = self.timer.forward
+        net_fwd = self.timer.forward + self.epoch_net / self.steps_per_epoch
         phases = {
             "data": t1 - t0,
             "augment": t2 - t1,
             "net_fwd": net_fwd,
-            "loss_fwd": (tb - ta) - net_fwd,
+            "loss_fwd": (tb - ta) - self.timer.forward,
             "loss_bwd": first - t5,
             "net_bwd": t6 - first,
             "after_backward": t8 - t7,
             "optimizer": (t5 - t4) + (t7 - t6) + (t9 - t8),
             "after_step": t10 - t9,
             "loop": (ta - t2) + (t3 - tb - (check or 0.0)) + (t4 - t3) + (t11 - t10),
-            "epoch": self.epoch_seconds / self.steps_per_epoch,
+            "epoch": (self.epoch_seconds - self.epoch_net) / self.steps_per_epoch,
         }
         if record:
             for k, v in phases.items():
