@@ -1,6 +1,6 @@
 """Run pytorch-metric-learning's own upstream tests against ssml_fast, changing only imports.
 
-    python tests/pml_upstream/run_upstream.py /path/to/pytorch-metric-learning [--mode class|all]
+    python tests/pml_upstream/run_upstream.py /path/to/pytorch-metric-learning [--mode class|all] [--pml-src [DIR]]
     SSML_PML_TESTS=/path/to/pytorch-metric-learning python tests/pml_upstream/run_upstream.py
 
 The path is a checkout of PML (the directory holding `tests/`) or its `tests/` directory itself. Each
@@ -17,6 +17,16 @@ mode "all": every name that ssml_fast provides under the same module is taken fr
 Module-level imports (`from pytorch_metric_learning import losses`) become a namespace where the mirrored
 classes are ssml_fast's and every other name is PML's (tests/pml_upstream/_namespace.py).
 Needs pytorch-metric-learning installed (the tests import its utilities) and no network.
+
+Which PML the tests import (their utilities, PML's own losses / miners / distances): by default the installed
+one (the tests' own `sys.path.insert(0, "src")` is relative to the scratch directory, so it finds nothing).
+`--pml-src` (or SSML_PML_SRC=DIR) puts a PML source tree first on the pytest process's PYTHONPATH instead:
+`--pml-src` alone means `<checkout>/src`, the sources the test files were written against (their version
+may differ from the installed one). The first line printed names the PML version and file imported.
+
+A test that fails with our class is rerun with PML's own class (the file as upstream wrote it, same
+environment). If PML's own class fails it too, the failure is the test's against this PML version (e.g.
+the 2.8.1 tests under PML 2.9): it is listed as "also fails with PML's own class", not counted as failed.
 """
 from __future__ import annotations
 
@@ -57,6 +67,8 @@ FILES = {
     "losses/test_large_margin_softmax_loss.py": {"losses": ["LargeMarginSoftmaxLoss", "SphereFaceLoss"]},
     "losses/test_normalized_softmax_loss.py": {"losses": ["NormalizedSoftmaxLoss"]},
     "losses/test_soft_triple_loss.py": {"losses": ["SoftTripleLoss"]},
+    # about 2 min (PML's 30-step loops with float32 / float64 over 14 inner losses)
+    "losses/test_cross_batch_memory.py": {"losses": ["CrossBatchMemory"]},
     "miners/test_batch_hard_miner.py": {"miners": ["BatchHardMiner"]},
     "miners/test_triplet_margin_miner.py": {"miners": ["TripletMarginMiner"]},
     "miners/test_multi_similarity_miner.py": {"miners": ["MultiSimilarityMiner"]},
@@ -144,41 +156,99 @@ def _import_line(module: str, names) -> str:
                                                for a in names) + "\n"
 
 
-def prepare(src_tests: Path, work: Path, files: list[str], mode: str) -> Path:
-    """A scratch `tests` package: PML's helpers as they are, the selected files rewritten."""
+def prepare(src_tests: Path, work: Path, files: list[str], mode: str, rewritten: bool = True) -> Path:
+    """A scratch `tests` package: PML's helpers as they are, the selected files rewritten (or, rewritten=False,
+    as upstream wrote them: PML's own classes)."""
     dst = work / "tests"
     shutil.copytree(src_tests, dst, ignore=shutil.ignore_patterns("test_*.py", "__pycache__"))
     for rel in files:
-        (dst / rel).write_text(rewrite((src_tests / rel).read_text(), FILES[rel], mode))
+        text = (src_tests / rel).read_text()
+        (dst / rel).write_text(rewrite(text, FILES[rel], mode) if rewritten else text)
     ns = (HERE / "_namespace.py").read_text().replace("__MODE__", mode)
     (work / "tests_pml_upstream_ns.py").write_text(ns)
     return dst
 
 
+def pml_src_dir(src: str, pml_src: str | None) -> Path | None:
+    """The PML source tree to import instead of the installed PML: None (installed), "" (<checkout>/src)
+    or a directory holding pytorch_metric_learning/."""
+    if pml_src is None:
+        return None
+    p = Path(pml_src) if pml_src else Path(src) / "src"
+    if (p / "src" / "pytorch_metric_learning").is_dir():
+        p = p / "src"
+    if not (p / "pytorch_metric_learning" / "__init__.py").exists():
+        raise SystemExit(f"{p}: no pytorch_metric_learning/ package there (--pml-src wants PML's src/ directory)")
+    return p.resolve()
+
+
+def _env(work: Path | None, dtypes: str, pml_src: Path | None) -> dict:
+    path = ([str(work)] if work else []) + ([str(pml_src)] if pml_src else []) + [str(REPO),
+                                                                                  os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, TEST_DEVICE="cpu", TEST_DTYPES=dtypes, WITH_COLLECT_STATS="false",
+                PYTHONPATH=os.pathsep.join(path))
+
+
+def pml_imported(src: str | None = None, pml_src: str | None = None) -> str:
+    """'<version> (<file>)' of the PML the upstream tests import with these options."""
+    env = _env(None, "float32", pml_src_dir(src or ".", pml_src))
+    code = "import pytorch_metric_learning as p; print(p.__version__, '(' + p.__file__ + ')')"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return proc.stdout.strip() or f"not importable: {proc.stderr.strip()[-200:]}"
+
+
+def _pytest(work: Path, env: dict, targets: list[str], verbose: bool):
+    xml = work / "results.xml"
+    # One pytest process for all files (torch and PML import once); results are split per file afterwards.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", "--continue-on-collection-errors",
+           "--rootdir", str(work), f"--junitxml={xml}"] + targets
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    if verbose:
+        print(proc.stdout[-20000:], file=sys.stderr)
+    return xml, proc
+
+
 def run(src: str, files: list[str] | None = None, mode: str = "class", dtypes: str = "float32,float64",
-        verbose: bool = False) -> dict:
+        verbose: bool = False, pml_src: str | None = None) -> dict:
+    """{file: {"passed", "failed", "skipped", "failures": [(test, message)], "pml_own_fails": [(test, message)]}}
+    pml_src: None = the installed PML; "" = <src>/src; else a PML source directory (module docstring)."""
     src_tests = tests_dir(src)
+    source_tree = pml_src_dir(src, pml_src)
     files = files or list(FILES)
     results = {}
     with tempfile.TemporaryDirectory(prefix="pml_upstream_") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) / "ours"
+        work.mkdir()
         prepare(src_tests, work, files, mode)
-        env = dict(os.environ, TEST_DEVICE="cpu", TEST_DTYPES=dtypes, WITH_COLLECT_STATS="false",
-                   PYTHONPATH=os.pathsep.join([str(work), str(REPO), os.environ.get("PYTHONPATH", "")]))
-        xml = work / "results.xml"
-        # One pytest process for all files (torch and PML import once); results are split per file below.
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", "--continue-on-collection-errors",
-               "--rootdir", str(work), f"--junitxml={xml}"] + [str(work / "tests" / rel) for rel in files]
-        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
-        if verbose:
-            print(proc.stdout[-20000:], file=sys.stderr)
+        env = _env(work, dtypes, source_tree)
+        xml, proc = _pytest(work, env, [str(work / "tests" / rel) for rel in files], verbose)
         for rel in files:
             results[rel] = _parse(xml, proc, rel, src_tests)
+        _rerun_with_pml_own(src_tests, Path(tmp) / "pml_own", results, dtypes, source_tree, verbose)
     return results
 
 
+def _rerun_with_pml_own(src_tests: Path, work: Path, results: dict, dtypes: str, source_tree, verbose: bool):
+    """Rerun each failing test with PML's own class; a failure PML's class shares moves to pml_own_fails."""
+    failing = {rel: [name for name, _ in r["failures"] if name != "<import>"] for rel, r in results.items()}
+    failing = {rel: names for rel, names in failing.items() if names}
+    if not failing:
+        return
+    work.mkdir()
+    prepare(src_tests, work, list(failing), "class", rewritten=False)
+    nodes = [f"{work / 'tests' / rel}::{name.replace('.', '::')}" for rel, names in failing.items() for name in names]
+    xml, proc = _pytest(work, _env(work, dtypes, source_tree), nodes, verbose)
+    for rel, names in failing.items():
+        theirs = dict(_parse(xml, proc, rel, src_tests)["failures"])
+        r = results[rel]
+        shared = [(n, m) for n, m in r["failures"] if n in theirs and n != "<import>"]
+        r["failures"] = [(n, m) for n, m in r["failures"] if (n, m) not in shared]
+        r["pml_own_fails"] = shared
+        r["failed"] -= len(shared)
+
+
 def _parse(xml: Path, proc, rel: str, src_tests: Path) -> dict:
-    out = {"passed": 0, "failed": 0, "skipped": 0, "failures": []}
+    out = {"passed": 0, "failed": 0, "skipped": 0, "failures": [], "pml_own_fails": []}
     module = "tests." + rel[:-3].replace("/", ".")
     cases = [c for c in ET.parse(xml).iter("testcase")] if xml.exists() else []
     mine = [c for c in cases if c.get("classname", "") == module or c.get("classname", "").startswith(module + ".")]
@@ -213,14 +283,18 @@ def _parse(xml: Path, proc, rel: str, src_tests: Path) -> dict:
 
 def summary(results: dict) -> str:
     rows = [f"{'file':48s} passed / total"]
-    tp = tt = 0
+    tp = tt = to = 0
     for rel, r in results.items():
-        total = r["passed"] + r["failed"]
-        tp, tt = tp + r["passed"], tt + total
-        rows.append(f"{rel:48s} {r['passed']:3d} / {total}")
+        own = r.get("pml_own_fails", [])
+        total = r["passed"] + r["failed"] + len(own)
+        tp, tt, to = tp + r["passed"], tt + total, to + len(own)
+        rows.append(f"{rel:48s} {r['passed']:3d} / {total}" + (f"  ({len(own)} also fail with PML's own class)"
+                                                                  if own else ""))
         for name, msg in r["failures"]:
             rows.append(f"    FAIL {name}: {msg}")
-    rows.append(f"{'TOTAL':48s} {tp:3d} / {tt}")
+        for name, msg in own:
+            rows.append(f"    FAIL (PML's own class too) {name}: {msg}")
+    rows.append(f"{'TOTAL':48s} {tp:3d} / {tt}" + (f"  ({to} also fail with PML's own class)" if to else ""))
     return "\n".join(rows)
 
 
@@ -232,11 +306,15 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--file", action="append", help="only this upstream file (repeatable), e.g. losses/test_ntxent_loss.py")
     ap.add_argument("--json", help="write the per-file results here")
+    ap.add_argument("--pml-src", nargs="?", const="", default=os.environ.get("SSML_PML_SRC"), metavar="DIR",
+                    help="import PML from this source tree (alone: <checkout>/src) instead of the installed PML "
+                         "(default: $SSML_PML_SRC, else the installed one)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print pytest output of failing files")
     args = ap.parse_args(argv)
     if not args.path:
         ap.error("give the PML tests path or set SSML_PML_TESTS")
-    results = run(args.path, args.file, args.mode, args.dtypes, args.verbose)
+    print(f"PML imported by the tests: {pml_imported(args.path, args.pml_src)}")
+    results = run(args.path, args.file, args.mode, args.dtypes, args.verbose, args.pml_src)
     print(summary(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
