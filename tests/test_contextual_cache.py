@@ -96,3 +96,19 @@ def test_bad_arguments():
         cache.weights(torch.randn(4, 3), torch.arange(4), torch.randn(5, 3), torch.arange(5), (5, 6), 2, 3.0)
     with pytest.raises(ValueError, match="size"):
         ContextualCache(0)
+
+
+def test_short_lists_fall_back_to_full_rows_and_stay_exact(monkeypatch):
+    """Lists far shorter than k (and at most one new slot per enqueue): every memory row needs the full-row
+    fallback or a cut raised by a refused new slot; w must not change."""
+    import ssml_fast.memory.contextual_cache as cc
+
+    monkeypatch.setattr(cc, "LIST_SIZE", 3)
+    monkeypatch.setattr(cc, "NEW_TAKE", 1)
+    calls = []
+    original = cc.ContextualCache._memory_topk_rows
+    monkeypatch.setattr(cc.ContextualCache, "_memory_topk_rows",
+                        lambda self, rows, *a: calls.append(rows.numel()) or original(self, rows, *a))
+    checked, cache, _ = run_steps(60, 12, 8, 6, steps=10, seed=11)
+    assert checked >= 8 and sum(calls) > 0 and cache.nbr_idx.shape[1] == 3
+    assert bool(torch.isfinite(cache.nbr_val).all()) and bool(torch.isfinite(cache.nbr_cut).all())

@@ -5,8 +5,12 @@ Computed from scratch (the fused `contextual_similarity` at n = N + M), every st
 (N 240 + M 4096, d 1024: 38 GFLOP, over a second on this CPU) and n^2 work, although the memory's teacher
 embeddings are constants once stored: only the N new rows change. `ContextualCache` keeps G = <t_s, t_u>
 for the memory slots s, u (L2-normalised teacher rows) and each step computes only the batch's block
-(N x M GEMM), the neighbour lists of all N + M rows from it and the cache (one top-k pass), and the N
-batch rows of w with `ops.contextual_similarity_rows`. After the batch is enqueued, its block (already
+(N x M GEMM), the neighbour lists of all N + M rows, and the N batch rows of w with
+`ops.contextual_similarity_rows`. Each memory slot also keeps its `list_size` nearest memory slots with a
+bound `cut` on every slot outside them (G <= cut); an enqueue drops the overwritten slots from the lists
+and merges the new ones in (raising the cut to the largest value dropped), so a step needs no pass over
+the M x M cache: a row whose list runs short (too many entries dead this step, or a tie at the cut) is
+ranked from its full cache row instead, and its list rebuilt. After the batch is enqueued, its block (already
 computed) is written into the slots it took: the cache never needs a GEMM of its own except when it is out
 of step with the queue (first use after warm-up, a load from an older checkpoint, rows enqueued by other
 ranks under torch.distributed: then the missing rows are computed from the queue's storage).
@@ -27,6 +31,11 @@ from .. import _validation
 from ..ops.contextual_rows import contextual_similarity_rows
 
 _NEG = float("-inf")
+# Stored in place of -inf in the list buffers (the trainer checks every floating buffer for finiteness);
+# below every similarity of unit rows (>= -1), so it orders the same.
+_EMPTY = -4.0
+LIST_SIZE = 32  # nearest memory slots kept per slot between steps (k = 10 takes at most 10 of them)
+NEW_TAKE = 8    # new slots one enqueue may add to a list (more than that beating the cut raises the cut)
 
 
 class ContextualCache(nn.Module):
@@ -45,6 +54,11 @@ class ContextualCache(nn.Module):
         # 1 / ||t_s|| per slot: the batch's block is (t^ @ mem_t^T) * inv_norm, with no per-step normalised copy
         # of the memory (4096 x 1024 read and written twice).
         self.register_buffer("inv_norm", torch.zeros(size))
+        # Per slot: its LIST_SIZE nearest other slots (slot, similarity), best first with ties to the lower
+        # slot, -1 / -inf where empty; every slot outside the list has similarity <= cut.
+        self.register_buffer("nbr_idx", torch.full((size, LIST_SIZE), -1, dtype=torch.long))
+        self.register_buffer("nbr_val", torch.full((size, LIST_SIZE), _EMPTY))
+        self.register_buffer("nbr_cut", torch.full((size,), _EMPTY))
         self._state: tuple[int, int] | None = None  # (ptr, count) of the queue the cache matches
         self._block = None                          # this step's (G_bb, G_bm, (ptr, count)) for `enqueued`
 
@@ -79,6 +93,7 @@ class ContextualCache(nn.Module):
             self.inv_norm[:count] = _inv_norm(mem_t)
             unit = mem_t * self.inv_norm[:count, None]
             self.gram[:count, :count] = _symmetric(unit @ unit.T)
+            self._rebuild_lists(torch.arange(count, device=dev), count)
             self._state = tuple(queue_state)
         g_bb = _symmetric(t @ t.T)
         g_bm = (t @ mem_t.T).mul_(self.inv_norm[:count])
@@ -113,8 +128,9 @@ class ContextualCache(nn.Module):
         if block is not None and block[2] == self._state and block[0].shape[0] == rows:
             g_bb, g_bm, _ = block
             g_bb, g_bm = g_bb[rows - written:, rows - written:], g_bm[rows - written:]
-            self.gram[slots, :old_count] = g_bm
-            self.gram[:old_count, slots] = g_bm.T
+            for part, (a, b) in _ring_runs(slots):  # contiguous runs: slice copies, not scattered writes
+                self.gram[a:b, :old_count] = g_bm[part]
+                self.gram[:old_count, a:b] = g_bm[part].T
             self.gram[slots.unsqueeze(1), slots.unsqueeze(0)] = g_bb
         else:
             unit = mem_t_after.float() * self.inv_norm[:count_after, None]
@@ -122,7 +138,66 @@ class ContextualCache(nn.Module):
             g[:, slots] = _symmetric(g[:, slots])
             self.gram[slots, :count_after] = g
             self.gram[:count_after, slots] = g.T
+        self._update_lists(slots, count_after)
         self._state = tuple(queue_state)
+
+    def _rebuild_lists(self, rows: torch.Tensor, count: int) -> None:
+        """The lists of memory slots `rows` from their full cache rows over slots [0, count)."""
+        if rows.numel() == 0:
+            return
+        g = self.gram[rows, :count].clone()
+        g[torch.arange(rows.numel(), device=g.device), rows] = _NEG  # not its own neighbour
+        val, idx = _topk(g, LIST_SIZE + 1)
+        idx, val = _rank(idx, val)
+        idx = idx.masked_fill(val == _NEG, -1)
+        width = min(LIST_SIZE, val.shape[1])
+        self.nbr_idx[rows] = -1
+        self.nbr_val[rows] = _EMPTY
+        self.nbr_idx[rows, :width] = idx[:, :width]
+        self.nbr_val[rows, :width] = val[:, :width].clamp_min(_EMPTY)
+        self.nbr_cut[rows] = val[:, LIST_SIZE].clamp_min(_EMPTY) if val.shape[1] > LIST_SIZE else _EMPTY
+
+    def _update_lists(self, slots: torch.Tensor, count: int) -> None:
+        """After `slots` were overwritten (cache rows and columns already written): every other slot's list
+        loses the overwritten entries and takes in the new slots that beat its cut; the new slots' lists are
+        built from their rows. A new slot that beats the cut but finds no room raises the cut to its value."""
+        dev = self.gram.device
+        rows = torch.arange(count, device=dev)
+        idx, val = self.nbr_idx[:count], self.nbr_val[:count]
+        written = torch.zeros(self.size, dtype=torch.bool, device=dev)
+        written[slots] = True
+        gone = (written[idx.clamp_min(0)] & (idx >= 0)) | (idx < 0)
+        idx, val = idx.masked_fill(gone, -1), val.masked_fill(gone, _NEG)
+        # The new slots as seen from each row: their column block (= their rows, by symmetry).
+        new_val = self.gram[slots, :count].clone()                   # (new, count): row r = slot slots[r]
+        new_val[torch.arange(slots.numel(), device=dev), slots] = _NEG  # a slot is not its own neighbour
+        # Only the few new slots above a row's cut can enter its list (~ N x LIST_SIZE / M of them): found
+        # by one comparison, grouped per row; the best NEW_TAKE per row go in, and the next one (when there
+        # is one above the cut) becomes the cut.
+        new_r, row = torch.nonzero(new_val > self.nbr_cut[None, :count], as_tuple=True)
+        v = new_val[new_r, row]
+        order = torch.argsort(-v, stable=True)
+        order = order[torch.argsort(row[order], stable=True)]          # by row, then value descending
+        new_r, row, v = new_r[order], row[order], v[order]
+        first = torch.searchsorted(row, row, side="left")
+        rank = torch.arange(row.numel(), device=dev) - first
+        over = rank == NEW_TAKE
+        self.nbr_cut[row[over]] = torch.maximum(self.nbr_cut[row[over]], v[over])
+        keep = rank < NEW_TAKE
+        nv = torch.full((count, NEW_TAKE), _NEG, device=dev)
+        ni = torch.full((count, NEW_TAKE), -1, dtype=torch.long, device=dev)
+        nv[row[keep], rank[keep]] = v[keep]
+        ni[row[keep], rank[keep]] = slots[new_r[keep]]
+        u_val, u_idx = torch.cat([val, nv], 1), torch.cat([idx, ni], 1)
+        top_val, pos = _topk(u_val, LIST_SIZE + 1)
+        top_idx, top_val = _rank(torch.gather(u_idx, 1, pos), top_val)
+        top_idx = top_idx.masked_fill(top_val == _NEG, -1)
+        width = min(LIST_SIZE, top_val.shape[1])
+        self.nbr_idx[:count, :width] = top_idx[:, :width]
+        self.nbr_val[:count, :width] = top_val[:, :width].clamp_min(_EMPTY)
+        if top_val.shape[1] > LIST_SIZE:
+            self.nbr_cut[:count] = torch.maximum(self.nbr_cut[:count], top_val[:, LIST_SIZE].clamp_min(_EMPTY))
+        self._rebuild_lists(slots, count)
 
     def get_extra_state(self):
         return {"state": None if self._state is None else list(self._state)}
@@ -132,7 +207,7 @@ class ContextualCache(nn.Module):
         self._state, self._block = (None if st is None else (int(st[0]), int(st[1]))), None
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, in_step={self._state is not None}"
+        return f"size={self.size}, list_size={LIST_SIZE}, in_step={self._state is not None}"
 
     def _neighbour_lists(self, g_bb, g_bm, count, ids_u, dead, k):
         """(N + count, k) neighbour lists over U in rank order (see the module docstring)."""
@@ -174,57 +249,52 @@ class ContextualCache(nn.Module):
             mb_val, mb_col = (t.T for t in torch.topk(g_bm, cb, dim=0, largest=True, sorted=True))
         else:
             mb_val, mb_col = g_bm.new_empty(count, 0), torch.empty(count, 0, dtype=torch.long, device=dev)
-        mm_val, mm_col = self._memory_topk(count, dead, forced[n:] - n, c)  # batch entries (none live) < 0
+        mm_val, mm_col = self._list_candidates(count, dead, ids_u[n:])
         mem_val = torch.cat([mb_val, mm_val], dim=1)
-        mem_col = torch.cat([mb_col, mm_col + n], dim=1)
+        mem_col = torch.cat([mb_col, torch.where(mm_col >= 0, mm_col + n, mm_col)], dim=1)
         # Pad the batch rows' candidates to the memory rows' width so all rows merge at once.
         width = mem_val.shape[1]
         pad = width - cb_val.shape[1]
         cb_val = torch.cat([cb_val, cb_val.new_full((n, pad), _NEG)], 1)
-        cb_col = torch.cat([cb_col, cb_col.new_zeros((n, pad))], 1)
-        cand_col, cand_val = _rank(torch.cat([cb_col, mem_col]), torch.cat([cb_val, mem_val]))
-
-        slot = torch.arange(k, device=dev)[None, :]
-        from_forced = slot < nf[:, None]
-        rest_pos = (slot - nf[:, None]).clamp_min(0)
-        out = torch.where(from_forced, forced[:, :k] if forced.shape[1] >= k else _pad_cols(forced, k),
-                          torch.gather(cand_col, 1, rest_pos))
-        # Exactness: the last taken candidate must beat the first one left out strictly; rows with a tie
-        # there (exact copies, quantised features) or with too few live candidates are ranked in full.
-        need = k - nf
-        has_rest = need > 0
-        last = torch.gather(cand_val, 1, (need - 1).clamp_min(0)[:, None]).squeeze(1)
-        nxt = torch.gather(cand_val, 1, need.clamp_max(cand_val.shape[1] - 1)[:, None]).squeeze(1)
-        bad = has_rest & ((last == nxt) | (last == _NEG))
-        if bool(bad.any()):
+        cb_col = torch.cat([cb_col, cb_col.new_full((n, pad), -2)], 1)
+        out, bad = _select(forced, nf, torch.cat([cb_col, mem_col]), torch.cat([cb_val, mem_val]), k)
+        bad_mem = torch.nonzero(bad[n:]).flatten()
+        if bad_mem.numel():
+            # Lists that ran short this step: candidates from the full cache rows, and fresh lists.
+            full_val, full_col = self._memory_topk_rows(bad_mem, count, dead, ids_u[n:], c)
+            rows_u = bad_mem + n
+            o2, b2 = _select(forced[rows_u], nf[rows_u],
+                             torch.cat([mb_col[bad_mem], torch.where(full_col >= 0, full_col + n, full_col)], 1),
+                             torch.cat([mb_val[bad_mem], full_val], 1), k)
+            out[rows_u] = o2
+            bad[rows_u] = b2
+            self._rebuild_lists(bad_mem, count)
+        if bool(bad.any()):  # ties at the cut (exact copies, quantised features): the full stable order
             for i in torch.nonzero(bad).flatten().tolist():
                 out[i] = self._exact_row(i, g_bb, g_bm, count, ids_u, dead, k)
         return out
 
-    def _memory_topk(self, count, dead, forced_mem, c):
-        """Top c of each memory row over the live memory columns, without its forced entries: masked in
-        place in the cache and restored afterwards (a copy of the M x M block would cost as much as the pass)."""
-        g = self.gram[:count, :count]
-        if count == 0:
-            return g.new_empty(0, c), torch.empty(0, c, dtype=torch.long, device=g.device)
-        dead_cols = torch.nonzero(dead).flatten()
-        saved_cols = g.index_select(1, dead_cols)
-        # Forced entries (the slot itself, its id's other copies) by flat index into the contiguous cache.
-        ok = forced_mem >= 0
-        flat = (torch.arange(count, device=g.device)[:, None] * self.size + forced_mem).masked_select(ok)
-        cache = self.gram.view(-1)
-        saved_forced = cache.index_select(0, flat)
-        g.index_fill_(1, dead_cols, _NEG)
-        cache.index_fill_(0, flat, _NEG)
-        try:
-            val, col = _topk(g, min(c, count))
-        finally:
-            cache.index_copy_(0, flat, saved_forced)
-            g.index_copy_(1, dead_cols, saved_cols)
-        if val.shape[1] < c:  # fewer memory columns than candidates: pad with nothing
-            val = torch.cat([val, val.new_full((count, c - val.shape[1]), _NEG)], 1)
-            col = torch.cat([col, col.new_zeros((count, c - col.shape[1]))], 1)
-        return val, col
+    def _list_candidates(self, count, dead, ids_mem):
+        """Each memory row's kept list without this step's dead slots and its forced (same-id) entries,
+        followed by a sentinel (column -1) at the row's cut: selecting it means the list is not enough."""
+        idx, val = self.nbr_idx[:count], self.nbr_val[:count]
+        safe = idx.clamp_min(0)
+        drop = (idx < 0) | dead[safe] | (ids_mem[safe] == ids_mem[:, None])
+        val = val.masked_fill(drop, _NEG)
+        idx = idx.masked_fill(drop, -2)
+        return (torch.cat([val, self.nbr_cut[:count, None]], 1),
+                torch.cat([idx, torch.full_like(idx[:, :1], -1)], 1))
+
+    def _memory_topk_rows(self, rows, count, dead, ids_mem, c):
+        """Top c of memory rows `rows` over the live memory columns without their forced entries."""
+        g = self.gram[rows, :count].clone()
+        g[:, dead] = _NEG
+        g[ids_mem[rows][:, None] == ids_mem[None, :]] = _NEG  # itself and its id's other copies
+        val, col = _topk(g, c)
+        if val.shape[1] < c:
+            val = torch.cat([val, val.new_full((rows.numel(), c - val.shape[1]), _NEG)], 1)
+            col = torch.cat([col, col.new_full((rows.numel(), c - col.shape[1]), -2)], 1)
+        return val, col.masked_fill(val == _NEG, -2)
 
     def _gram_at(self, g_bb, g_bm, i, j):
         """G[i, j] for index tensors over U (batch rows first, then memory slots)."""
@@ -261,6 +331,17 @@ class ContextualCache(nn.Module):
         return idx[:k]
 
 
+def _ring_runs(slots: torch.Tensor):
+    """(positions, (start, stop)) of the runs of consecutive slots: a ring write wraps at most once."""
+    s = slots.tolist()
+    runs, start = [], 0
+    for i in range(1, len(s) + 1):
+        if i == len(s) or s[i] != s[i - 1] + 1:
+            runs.append((slice(start, i), (s[start], s[i - 1] + 1)))
+            start = i
+    return runs
+
+
 def _inv_norm(x: torch.Tensor) -> torch.Tensor:
     return 1.0 / x.norm(dim=1).clamp_min(1e-12)
 
@@ -288,6 +369,26 @@ def _rank(cols: torch.Tensor, vals: torch.Tensor):
     cols, vals = torch.gather(cols, 1, by_col), torch.gather(vals, 1, by_col)
     by_val = torch.argsort(-vals, dim=1, stable=True)
     return torch.gather(cols, 1, by_val), torch.gather(vals, 1, by_val)
+
+
+def _select(forced, nf, cand_col, cand_val, k):
+    """Lists (rows, k): the nf forced entries, then the best candidates by (value desc, column asc). bad
+    marks rows where that is not provably the exact order: a tie between the last taken candidate and the
+    next, a taken -inf (too few live columns), or a taken sentinel / dropped entry (column < 0)."""
+    dev = cand_col.device
+    cand_col, cand_val = _rank(cand_col, cand_val)
+    slot = torch.arange(k, device=dev)[None, :]
+    from_forced = slot < nf[:, None]
+    rest_pos = (slot - nf[:, None]).clamp_min(0)
+    taken = torch.gather(cand_col, 1, rest_pos)
+    out = torch.where(from_forced, forced[:, :k] if forced.shape[1] >= k else _pad_cols(forced, k), taken)
+    need = k - nf
+    has_rest = need > 0
+    last = torch.gather(cand_val, 1, (need - 1).clamp_min(0)[:, None]).squeeze(1)
+    nxt = torch.gather(cand_val, 1, need.clamp_max(cand_val.shape[1] - 1)[:, None]).squeeze(1)
+    negative = ((taken < 0) & ~from_forced).any(dim=1)
+    bad = has_rest & ((last == nxt) | (last == _NEG) | negative)
+    return out, bad
 
 
 def _pad_cols(x: torch.Tensor, k: int) -> torch.Tensor:
