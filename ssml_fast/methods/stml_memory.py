@@ -26,11 +26,11 @@ The loss is normalised by N (C - 1) in the "code" form, so its scale matches STM
 
 Cost: the memory's teacher embeddings never change once stored, so their Gram matrix is kept from step to
 step (`ssml_fast.memory.ContextualCache`, `memory_cache=True`, the default): a step computes the batch's
-N x M block, one top-k pass over the cache for the neighbour lists and the batch rows of w, instead of the
-fused op's (N + M)^2 d GEMM and (N + M)^2 work (at N 240, M 4096, d 1024: ~0.2 s instead of ~2.6 s on this
-CPU). `memory_cache=False` recomputes the fused op every step: the same w up to float rounding (the
+N x M block, the neighbour lists (each slot's nearest slots are kept across enqueues) and the batch rows of
+w, instead of the fused op's (N + M)^2 d GEMM and (N + M)^2 work (at N 240, M 4096, d 1024: ~0.17 s
+instead of ~2.2 s on this CPU). `memory_cache=False` recomputes the fused op every step: the same w up to float rounding (the
 neighbour lists agree except between similarities within rounding of each other). The cache costs an
-(M, M) float32 buffer (64 MB at 4096), saved in checkpoints so a resume is bit-identical. The memory's
+(M, M) float32 buffer (64 MB at 4096) and (M, 32) lists, saved in checkpoints so a resume is bit-identical. The memory's
 columns enter the student-side distances as constants, so their backward is one GEMM into the batch rows.
 Columns are the batch, then the live memory slots in slot (storage) order.
 """
