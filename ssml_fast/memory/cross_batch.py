@@ -202,7 +202,7 @@ class CrossBatchMemory(nn.Module):
         if self.queue is None:
             self.queue = self._new_queue(value.shape[1], value.dtype, value.device)
             self.embedding_size = value.shape[1]
-        self.queue.embeddings = value.detach()
+        self.queue.embeddings = value.detach().contiguous()  # the ring op writes it in place
 
     @property
     def label_memory(self):
@@ -215,7 +215,7 @@ class CrossBatchMemory(nn.Module):
         if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.shape != (self.memory_size,):
             raise ValueError(f"label_memory must be an integer tensor of shape ({self.memory_size},), got "
                              f"{getattr(value, 'dtype', type(value).__name__)} {tuple(getattr(value, 'shape', ()))}")
-        self.queue.labels = value.detach().long()
+        self.queue.labels = value.detach().long().contiguous()
 
     @property
     def queue_idx(self) -> int:
