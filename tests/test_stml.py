@@ -233,14 +233,20 @@ def test_memory_terms_with_empty_memory_equal_the_batch_loss(form):
         torch.testing.assert_close(x, y)
 
 
+def _memory_case(seed, n, m, d_f, d_g):
+    """float64 student f / g (with grad), teacher t, and memory rows mf / mg / mt for the memory-terms tests."""
+    gen = torch.Generator().manual_seed(seed)
+    f = torch.randn(n, d_f, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(n, d_g, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(n, d_g, generator=gen, dtype=torch.float64)
+    mf, mg, mt = (torch.randn(m, d, generator=gen, dtype=torch.float64) for d in (d_f, d_g, d_g))
+    return f, g, t, mf, mg, mt
+
+
 def test_memory_terms_match_a_plain_reference():
     """Rows of the batch against batch ∪ memory, written out with loops (code form)."""
-    gen = torch.Generator().manual_seed(5)
     n, m, k = 8, 6, 4
-    f = torch.randn(n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(n, 5, generator=gen, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(n, 5, generator=gen, dtype=torch.float64)
-    mf, mg, mt = (torch.randn(m, d, generator=gen, dtype=torch.float64) for d in (4, 5, 5))
+    f, g, t, mf, mg, mt = _memory_case(5, n, m, 4, 5)
     ids, mids = torch.arange(n), torch.arange(n, n + m)
     ours = STMLLoss(k=k).memory_terms(f, g, t, ids, mf, mg, mt, mids)
     w = contextual_reference(torch.cat([t, mt]), k, 3.0, torch.cat([ids, mids]))[0][:n]
@@ -268,12 +274,8 @@ def test_memory_terms_match_a_plain_reference():
 def test_memory_terms_gradcheck_and_given_weights(form):
     """The closed-form gradients of the memory terms (both heads) by gradcheck; precomputed weights (what
     stml_memory's ContextualCache passes) give the same loss as the fused op inside."""
-    gen = torch.Generator().manual_seed(7)
     n, m, k = 6, 5, 3
-    f = torch.randn(n, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(n, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(n, 4, generator=gen, dtype=torch.float64)
-    mf, mg, mt = (torch.randn(m, d, generator=gen, dtype=torch.float64) for d in (3, 4, 4))
+    f, g, t, mf, mg, mt = _memory_case(7, n, m, 3, 4)
     ids, mids = torch.arange(n // 2).repeat(2), torch.arange(n, n + m)
     loss = STMLLoss(k=k, form=form, temperature=0.7)
     # f only: the KL's target side (g) is a stop-gradient, so the loss's g-gradient is by design not the
