@@ -299,6 +299,55 @@ def _check_stml_teacher(rank):
             "student_identical": _same_on_all_ranks(list(m.state_dict().values()))}
 
 
+def _check_stml_memory(rank):
+    """stml_memory on two ranks (each a shard of the global batch) against one process on the whole batch:
+    the loss over the gathered batch ∪ the memory, the memory and its cached teacher Gram / neighbour lists,
+    through enough steps to fill and wrap the memory. Eval mode (BN running statistics) and one view, so a
+    shard's rows are the global batch's rows in the same (rank) order."""
+    from ssml_fast.distributed import gathered
+    from ssml_fast.methods import get_method, make_config
+    from ssml_fast.methods.base import Batch, DataInfo
+
+    cfg = make_config("stml_memory", "small", [("test", {
+        "batch_size": 8, "neighbours_per_query": 2, "views": 1, "embedding_dim": 8, "g_dim": 8,
+        "memory_size": 20, "memory_warmup": 1})])
+    torch.manual_seed(0)
+    m = get_method("stml_memory")(cfg, DataInfo(image_shape=(1, 8, 8), mean=0.0, std=1.0, num_train=64,
+                                                train_classes=()))
+    ref = copy.deepcopy(m)
+    ref.memory.gather = False  # the single process inside this rank
+    m.eval(), ref.eval()
+    g = torch.Generator().manual_seed(5)
+    loss_rel, grad_rel = 0.0, 0.0
+    for _ in range(6):
+        x = torch.randn(8, 1, 8, 8, generator=g)
+        idx = torch.randperm(64, generator=g)[:8]
+        local = slice(4 * rank, 4 * rank + 4)
+        out = m.training_step(Batch(views=[x[local]], labels=None, index=idx[local]))
+        with gathered():  # the reference is one process: its batch is already the global one
+            out_ref = ref.training_step(Batch(views=[x], labels=None, index=idx))
+        loss_rel = max(loss_rel, _rel(out.loss, out_ref.loss))
+        ga = torch.autograd.grad(out.loss, list(m.head_f.parameters()))
+        gb = torch.autograd.grad(out_ref.loss, list(ref.head_f.parameters()))
+        # What DDP does with the parameter gradients: the mean over the ranks.
+        import torch.distributed as dist
+
+        ga = [t.clone() for t in ga]
+        for t in ga:
+            dist.all_reduce(t)
+            t /= WORLD
+        grad_rel = max(grad_rel, _max_rel(ga, gb))
+        m.after_step(None, out)
+        ref.after_step(None, out_ref)
+    mem = [m.memory.embeddings, m.memory.ids, m.cache.gram, m.cache.nbr_idx, m.cache.nbr_val, m.cache.nbr_cut]
+    return {"loss_rel": loss_rel, "grad_rel": grad_rel, "used": float(out.logs["memory_used"]),
+            "memory_rel": _rel(m.memory.embeddings, ref.memory.embeddings),
+            "ids_equal": torch.equal(m.memory.ids, ref.memory.ids),
+            "cache_rel": _rel(m.cache.gram, ref.cache.gram),
+            "lists_equal": torch.equal(m.cache.nbr_idx, ref.cache.nbr_idx),
+            "identical_on_ranks": _same_on_all_ranks(mem)}
+
+
 def _check_training_group(rank):
     """The trainer's per-step and per-epoch collectives: a Ctrl-C or a NaN on one rank is seen by every rank at
     the same step; epoch sums are averaged, images summed; a checkpoint error on rank 0 is raised everywhere."""
@@ -341,6 +390,7 @@ def _checks():
         "cross_batch": _check_cross_batch,
         "gather": _check_gather,
         "stml_teacher": _check_stml_teacher,
+        "stml_memory": _check_stml_memory,
         "training_group": _check_training_group,
     }
 
@@ -417,6 +467,14 @@ def test_gather_unequal_rows_rank_order_and_gradient(results):
 def test_stml_ema_teacher_identical_on_ranks(results):
     for r in _get(results, "stml_teacher"):
         assert r["teacher_identical"] and r["student_identical"], r
+
+
+def test_stml_memory_gathered_batch_and_memory_equal_single_process(results):
+    for r in _get(results, "stml_memory"):
+        assert r["used"] > 0, r  # the memory took part
+        assert r["loss_rel"] < RTOL and r["grad_rel"] < RTOL, r
+        assert r["memory_rel"] < RTOL and r["ids_equal"] and r["cache_rel"] < RTOL and r["lists_equal"], r
+        assert r["identical_on_ranks"], r
 
 
 def test_trainer_collectives_keep_ranks_in_step(results):

@@ -33,6 +33,10 @@ neighbour lists agree except between similarities within rounding of each other)
 (M, M) float32 buffer (64 MB at 4096) and (M, 32) lists, saved in checkpoints so a resume is bit-identical. The memory's
 columns enter the student-side distances as constants, so their backward is one GEMM into the batch rows.
 Columns are the batch, then the live memory slots in slot (storage) order.
+
+Under torchrun the loss runs on the gathered global batch (rank order, with gradient) against the memory,
+which every rank holds identically (the queue gathers all ranks' rows in rank order), so a multi-process
+step equals the one-process step on the whole batch (tests/test_distributed.py).
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from typing import ClassVar
 import torch
 
 from ..memory import FeatureQueue
+from ..distributed import gather_batch
 from ..memory import ContextualCache
 from ..memory.queue import distributed_world
 from .base import Batch, DataInfo, StepOutput
@@ -85,6 +90,7 @@ class STMLMemory(STML):
         self.cache = ContextualCache(config.memory_size) if config.memory_size and config.memory_cache else None
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self._pending = None
+        self._global_rows = 0  # rows of the (gathered) batch: what the queue writes under torchrun
 
     def _memory_for(self, ids: torch.Tensor, with_teacher: bool = True):
         """(f, g, t, ids) of the live memory entries (those sharing no id with the batch), in slot order (the
@@ -115,6 +121,12 @@ class STMLMemory(STML):
         with torch.no_grad():
             t = self.teacher(x)
         f, g = self._student(x)
+        # The queue gathers every rank's rows when they are enqueued: this rank's own rows are stored.
+        self._pending = (torch.cat([t, f.detach(), g.detach()], dim=1).float(), ids)
+        # Under torchrun the loss sees every rank's views (rank order, with gradient), as in `stml`: the
+        # single-process loss of the global batch, against the memory every rank holds identically.
+        f, g, t, ids = gather_batch(f, g, t, ids)
+        self._global_rows = ids.shape[0]
         memory = self._memory_for(ids, with_teacher=self.cache is None)
         weights = None
         if memory is not None and self.cache is not None and memory[0].shape[0] > 0:
@@ -125,7 +137,6 @@ class STMLMemory(STML):
         if memory is not None and w < 1.0:
             # A blend keeps the in-batch terms' exact targets next to the memory's (staler) columns.
             loss = w * loss + (1.0 - w) * self.loss_fn(f, g, t, ids)
-        self._pending = (torch.cat([t, f.detach(), g.detach()], dim=1).float(), ids)
         used = 0 if memory is None else memory[0].shape[0]
         return StepOutput(loss, {"rc_f": p.rc_f, "rc_g": p.rc_g, "kl": p.kl, "memory_used": float(used)})
 
@@ -134,9 +145,11 @@ class STMLMemory(STML):
             emb, ids = self._pending
             ptr = self.memory.ptr
             self.memory.enqueue(emb, ids=ids)
-            if self.cache is not None:  # under torch.distributed every rank's rows were written
-                world = distributed_world(self.memory.process_group) if self.memory.gather else 1
-                self.cache.enqueued(ptr, emb.shape[0] * world, self.memory.view()[0][:, : self._dims[0]],
+            if self.cache is not None:  # under torch.distributed every rank's rows were written, in rank order:
+                # the gathered batch whose block `weights` computed (reused when the row counts agree)
+                gathered = self.memory.gather and distributed_world(self.memory.process_group) > 1
+                rows = self._global_rows if gathered else emb.shape[0]
+                self.cache.enqueued(ptr, rows, self.memory.view()[0][:, : self._dims[0]],
                                     (self.memory.ptr, self.memory.count))
         self._pending = None
         self.steps_done += 1
