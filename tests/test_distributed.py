@@ -348,6 +348,41 @@ def _check_stml_memory(rank):
             "identical_on_ranks": _same_on_all_ranks(mem)}
 
 
+def _check_gathered_method(rank, name, overrides):
+    """A two-view method whose loss uses batch statistics or in-batch negatives (spreading, barlow_twins,
+    vicreg): two ranks, each a shard of the global batch, against one process on the whole batch. Loss and
+    the DDP-averaged gradient of every parameter; eval mode (BN running statistics) so a shard's rows are
+    the global batch's rows."""
+    import torch.distributed as dist
+
+    from ssml_fast.distributed import gathered
+    from ssml_fast.methods import get_method, make_config
+    from ssml_fast.methods.base import Batch, DataInfo
+
+    cfg = make_config(name, "small", [("test", {"batch_size": 8, **overrides})])
+    torch.manual_seed(0)
+    m = get_method(name)(cfg, DataInfo(image_shape=(1, 8, 8), mean=0.0, std=1.0, num_train=64, train_classes=()))
+    ref = copy.deepcopy(m)
+    m.eval(), ref.eval()
+    g = torch.Generator().manual_seed(9)
+    views = [torch.randn(8, 1, 8, 8, generator=g) for _ in range(2)]
+    idx = torch.arange(8)
+    local = slice(4 * rank, 4 * rank + 4)
+    out = m.training_step(Batch(views=[v[local] for v in views], labels=None, index=idx[local]))
+    with gathered():
+        out_ref = ref.training_step(Batch(views=views, labels=None, index=idx))
+    params = [p for p in m.parameters() if p.requires_grad]
+    ga = list(torch.autograd.grad(out.loss, params, allow_unused=True))
+    ga = [torch.zeros_like(p) if t is None else t.clone() for t, p in zip(ga, params)]
+    for t in ga:
+        dist.all_reduce(t)
+        t /= WORLD
+    ref_params = [p for p in ref.parameters() if p.requires_grad]
+    gb = [torch.zeros_like(p) if t is None else t
+          for t, p in zip(torch.autograd.grad(out_ref.loss, ref_params, allow_unused=True), ref_params)]
+    return {"loss_rel": _rel(out.loss, out_ref.loss), "grad_rel": _max_rel(ga, gb)}
+
+
 def _check_training_group(rank):
     """The trainer's per-step and per-epoch collectives: a Ctrl-C or a NaN on one rank is seen by every rank at
     the same step; epoch sums are averaged, images summed; a checkpoint error on rank 0 is raised everywhere."""
@@ -391,6 +426,9 @@ def _checks():
         "gather": _check_gather,
         "stml_teacher": _check_stml_teacher,
         "stml_memory": _check_stml_memory,
+        "spreading": lambda r: _check_gathered_method(r, "spreading", {}),
+        "barlow_twins": lambda r: _check_gathered_method(r, "barlow_twins", {}),
+        "vicreg": lambda r: _check_gathered_method(r, "vicreg", {}),
         "training_group": _check_training_group,
     }
 
@@ -475,6 +513,12 @@ def test_stml_memory_gathered_batch_and_memory_equal_single_process(results):
         assert r["loss_rel"] < RTOL and r["grad_rel"] < RTOL, r
         assert r["memory_rel"] < RTOL and r["ids_equal"] and r["cache_rel"] < RTOL and r["lists_equal"], r
         assert r["identical_on_ranks"], r
+
+
+@pytest.mark.parametrize("name", ["spreading", "barlow_twins", "vicreg"])
+def test_batch_statistic_methods_on_gathered_views_equal_single_process(results, name):
+    for r in _get(results, name):
+        assert r["loss_rel"] < RTOL and r["grad_rel"] < RTOL, r
 
 
 def test_trainer_collectives_keep_ranks_in_step(results):

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ._ssl import mlp
+from ..distributed import gather_batch
 from .base import Batch, DataInfo, Method, MethodConfig, StepOutput
 
 
@@ -95,6 +96,9 @@ class BarlowTwins(Method):
     def training_step(self, batch: Batch) -> StepOutput:
         v1, v2 = batch.views
         z1, z2 = self.projector(self.trunk(v1)), self.projector(self.trunk(v2))
+        # Under torchrun the batch statistics (cross-correlation / variance / covariance) are over the global
+        # batch, as the official code's all-reduce / FullGatherLayer (identity on one process).
+        z1, z2 = gather_batch(z1, z2)
         return StepOutput(barlow_twins_loss(z1, z2, self.config.lambd))
 
     @torch.no_grad()

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..distributed import gather_batch
 from ..losses import SpreadingLoss
 from .base import Batch, DataInfo, Method, MethodConfig, StepOutput
 
@@ -81,8 +82,11 @@ class Spreading(Method):
         x, x_aug = batch.views
         f = self(torch.cat([x, x_aug]))  # one forward: BN statistics over both views, as the official code
         b = x.shape[0]
-        loss = self.loss_fn(f[:b], f[b:])
-        return StepOutput(loss, {"pos_sim": (f[:b] * f[b:]).sum(1).mean().detach()})
+        # Under torchrun the loss sees every rank's pairs (rank order, with gradient): every other image of
+        # the global batch is a negative, as in one process (identity on one process).
+        a, p = gather_batch(f[:b], f[b:])
+        loss = self.loss_fn(a, p)
+        return StepOutput(loss, {"pos_sim": (a * p).sum(1).mean().detach()})
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:

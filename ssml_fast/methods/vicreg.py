@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ._ssl import mlp
+from ..distributed import gather_batch
 from .base import Batch, DataInfo, Method, MethodConfig, StepOutput
 
 
@@ -99,6 +100,9 @@ class VICReg(Method):
     def training_step(self, batch: Batch) -> StepOutput:
         v1, v2 = batch.views
         z1, z2 = self.expander(self.trunk(v1)), self.expander(self.trunk(v2))
+        # Under torchrun the batch statistics (cross-correlation / variance / covariance) are over the global
+        # batch, as the official code's all-reduce / FullGatherLayer (identity on one process).
+        z1, z2 = gather_batch(z1, z2)
         return StepOutput(vicreg_loss(z1, z2, self.config.sim_coeff, self.config.std_coeff, self.config.cov_coeff))
 
     @torch.no_grad()
