@@ -459,9 +459,19 @@ def _worker(rank: int, world: int, rdzv: str, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def results():
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(WORLD, os.path.join(tmp, "rdzv"), tmp), nprocs=WORLD, join=True)
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    # A failing check is caught inside the worker and reported (see _worker). A child killed by a signal is
+    # something else: once in a full-suite run a rank aborted right after its first DDP backward with gloo's
+    # "terminate called without an active exception" (not reproduced in 20 runs of this file alone). That
+    # gets one retry, with a fresh rendezvous; a second signal death fails the tests.
+    for attempt in range(2):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                mp.spawn(_worker, args=(WORLD, os.path.join(tmp, "rdzv"), tmp), nprocs=WORLD, join=True)
+            except mp.ProcessExitedException as e:
+                if attempt == 1 or e.signal_name is None:
+                    raise
+                continue
+            return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
 
 
 def _get(results, name):
