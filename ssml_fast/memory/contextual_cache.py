@@ -243,13 +243,9 @@ class ContextualCache(nn.Module):
         bf = forced[:n]
         key_b.scatter_(1, bf, _NEG)                                  # forced (padded with self: also masked)
         cb_val, cb_col = _topk(key_b, c)
-        # Memory rows: over the batch columns (g_bm^T) and the cached memory columns.
-        if n:  # along dim 0 of g_bm (its memory columns are rows here): no transposed copy
-            cb = min(c, n)
-            mb_val, mb_col = (t.T for t in torch.topk(g_bm, cb, dim=0, largest=True, sorted=True))
-        else:
-            mb_val, mb_col = g_bm.new_empty(count, 0), torch.empty(count, 0, dtype=torch.long, device=dev)
+        # Memory rows: their kept lists, and the batch columns that can compete with them.
         mm_val, mm_col = self._list_candidates(count, dead, ids_u[n:])
+        mb_val, mb_col = _batch_candidates(g_bm, mm_val, (k - nf[n:]).clamp_min(1), c)
         mem_val = torch.cat([mb_val, mm_val], dim=1)
         mem_col = torch.cat([mb_col, torch.where(mm_col >= 0, mm_col + n, mm_col)], dim=1)
         # Pad the batch rows' candidates to the memory rows' width so all rows merge at once.
@@ -263,9 +259,10 @@ class ContextualCache(nn.Module):
             # Lists that ran short this step: candidates from the full cache rows, and fresh lists.
             full_val, full_col = self._memory_topk_rows(bad_mem, count, dead, ids_u[n:], c)
             rows_u = bad_mem + n
+            bv, bc = _batch_candidates(g_bm[:, bad_mem], None, None, c)  # exact top c over the batch columns
             o2, b2 = _select(forced[rows_u], nf[rows_u],
-                             torch.cat([mb_col[bad_mem], torch.where(full_col >= 0, full_col + n, full_col)], 1),
-                             torch.cat([mb_val[bad_mem], full_val], 1), k)
+                             torch.cat([bc, torch.where(full_col >= 0, full_col + n, full_col)], 1),
+                             torch.cat([bv, full_val], 1), k)
             out[rows_u] = o2
             bad[rows_u] = b2
             self._rebuild_lists(bad_mem, count)
@@ -369,6 +366,37 @@ def _rank(cols: torch.Tensor, vals: torch.Tensor):
     cols, vals = torch.gather(cols, 1, by_col), torch.gather(vals, 1, by_col)
     by_val = torch.argsort(-vals, dim=1, stable=True)
     return torch.gather(cols, 1, by_val), torch.gather(vals, 1, by_val)
+
+
+def _batch_candidates(g_bm, list_val, need, c):
+    """(val, col) (rows, c) per memory row: its best c batch columns, best first, -inf / -2 padded.
+
+    With the rows' list candidates `list_val` and the number `need` each row takes after its forced entries,
+    only batch columns at or above the need-th best list value can be taken (or tie with the last taken), so
+    those are found by one comparison over g_bm (N x M) and grouped per row, instead of a top-k down each of
+    the M columns (~16 ms at N = 240, M = 4096). list_val None: the exact top c of every row."""
+    n, count = g_bm.shape
+    dev = g_bm.device
+    c = min(c, n)
+    val = torch.full((count, c), _NEG, device=dev)
+    col = torch.full((count, c), -2, dtype=torch.long, device=dev)
+    if n == 0 or count == 0:
+        return val, col
+    if list_val is None:
+        tv, tc = torch.topk(g_bm, c, dim=0, largest=True, sorted=True)
+        return tv.T.contiguous(), tc.T.contiguous()
+    ranked = torch.sort(list_val, dim=1, descending=True).values
+    tau = torch.gather(ranked, 1, (need - 1).clamp_max(ranked.shape[1] - 1)[:, None]).squeeze(1)
+    r, m = torch.nonzero(g_bm >= tau[None, :], as_tuple=True)
+    v = g_bm[r, m]
+    order = torch.argsort(-v, stable=True)
+    order = order[torch.argsort(m[order], stable=True)]  # by memory row, then value descending
+    r, m, v = r[order], m[order], v[order]
+    rank = torch.arange(m.numel(), device=dev) - torch.searchsorted(m, m, side="left")
+    keep = rank < c
+    val[m[keep], rank[keep]] = v[keep]
+    col[m[keep], rank[keep]] = r[keep]
+    return val, col
 
 
 def _select(forced, nf, cand_col, cand_val, k):

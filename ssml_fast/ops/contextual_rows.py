@@ -74,11 +74,19 @@ def _parts(nn: torch.Tensor, d2: torch.Tensor, sigma: float):
     # R(i) as padded lists in N_k(i)'s order; pads differ between the two sides so they never match.
     r_left = torch.where(mutual, nn, torch.full_like(nn, -1))
     r_right = torch.where(mutual, nn, torch.full_like(nn, -2))
-    # (3.17) w~[i, a] = |R(i) ∩ R(j)| / |R(i)| for j = nn[i, a] in R(i): (n, k, k, k) compares, no n x n.
-    common = (r_left[:, None, :, None] == r_right[nn][:, :, None, :]).any(dim=3).sum(dim=2)
-    w_tilde = torch.where(mutual, common.to(dtype) / size[:, None].to(dtype), torch.zeros((), dtype=dtype, device=dev))
-
     m = expansion_size(k)
+    # (3.17) w~[h, a] = |R(h) ∩ R(j)| / |R(h)| for j = nn[h, a] in R(h), where the r output rows read it: every
+    # entry of the rows h in their expansions (3.18), and the entries of any row that land in an output
+    # column (the transposed half of 3.19). The rest of w~ is never read: not computed.
+    in_expansion = torch.zeros(n, dtype=torch.bool, device=dev)
+    in_expansion[nn[:r, :m].reshape(-1)] = True
+    needed = mutual & (in_expansion[:, None] | (nn < r))
+    h_idx, a_idx = torch.nonzero(needed, as_tuple=True)
+    j_idx = nn[h_idx, a_idx]
+    common = (r_left[h_idx][:, :, None] == r_right[j_idx][:, None, :]).any(dim=2).sum(dim=1)  # (P,) k x k compares
+    w_tilde = torch.zeros(n, k, dtype=dtype, device=dev)
+    w_tilde[h_idx, a_idx] = common.to(dtype) / size[h_idx].to(dtype)
+
     # (3.18) unscaled w^_i = sum over the first m entries h of N_k(i) of w~_h (sparse rows: (h, a) -> column nn[h, a]).
     h = nn[:, :m]                                   # (n, m)
     cols = nn[h]                                    # (n, m, k) columns of w~_h
