@@ -112,3 +112,19 @@ def test_short_lists_fall_back_to_full_rows_and_stay_exact(monkeypatch):
     checked, cache, _ = run_steps(60, 12, 8, 6, steps=10, seed=11)
     assert checked >= 8 and sum(calls) > 0 and cache.nbr_idx.shape[1] == 3
     assert bool(torch.isfinite(cache.nbr_val).all()) and bool(torch.isfinite(cache.nbr_cut).all())
+
+
+def test_checkpoint_without_the_cache_loads_and_rebuilds():
+    """A stml_memory checkpoint written before the cache existed: its state dict has no cache entries; the
+    cache loads as out of step and its next weights equal the fused op (rebuilt from the memory)."""
+    from torch import nn
+
+    _, cache, queue = run_steps(64, 12, 8, 4, steps=6, seed=3)
+    holder = nn.Module()
+    holder.cache = ContextualCache(64)
+    holder.load_state_dict({}, strict=True)  # nothing for the cache: no missing-key error
+    assert holder.cache._state is None
+    t, ids = torch.randn(12, 8), torch.arange(6).repeat(2) + 500
+    mem_t, _, mem_ids = queue.view()
+    w, live = holder.cache.weights(t, ids, mem_t, mem_ids, (queue.ptr, queue.count), 4, 3.0)
+    torch.testing.assert_close(w, fused_rows(t, ids, mem_t, mem_ids, live, 4, 3.0), atol=2e-6, rtol=0)

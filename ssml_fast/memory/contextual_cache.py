@@ -206,6 +206,17 @@ class ContextualCache(nn.Module):
         st = state.get("state") if isinstance(state, dict) else None
         self._state, self._block = (None if st is None else (int(st[0]), int(st[1]))), None
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A checkpoint from before the cache existed (stml_memory without it) loads: the cache is left out of
+        # step and rebuilds itself from the memory at its next use (one M x M GEMM), nothing else changes.
+        names = [prefix + n for n, _ in self.named_buffers(recurse=False)]
+        if not any(n in state_dict for n in names):
+            self.invalidate()
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def extra_repr(self) -> str:
         return f"size={self.size}, list_size={LIST_SIZE}, in_step={self._state is not None}"
 
