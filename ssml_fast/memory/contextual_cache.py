@@ -98,13 +98,13 @@ class ContextualCache(nn.Module):
         g_bb = _symmetric(t @ t.T)
         g_bm = (t @ mem_t.T).mul_(self.inv_norm[:count])
         self._block = (g_bb, g_bm, tuple(queue_state))
-        ids_u = torch.cat([ids, mem_ids]).clone()
+        ids_u = torch.cat([ids, mem_ids])
         # Dead slots get ids of their own (below every real id) so they share none.
         ids_u[n:][dead] = ids_u.min() - 1 - torch.arange(int(dead.sum()), device=dev)
-        nn_u = self._neighbour_lists(g_bb, g_bm, count, ids_u, dead, k)
-        g_rows = torch.cat([g_bb, g_bm], dim=1)
+        g_rows = torch.cat([g_bb, g_bm], dim=1)  # the batch rows over U
         d2 = (2.0 - 2.0 * g_rows).clamp_min_(0.0)
         d2[torch.arange(n, device=dev), torch.arange(n, device=dev)] = 0.0
+        nn_u = self._neighbour_lists(g_bb, g_bm, g_rows, count, ids_u, dead, k)  # masks g_rows in place
         w = contextual_similarity_rows(nn_u, d2, sigma)
         live = ~dead
         keep_cols = torch.cat([torch.ones(n, dtype=torch.bool, device=dev), live])
@@ -162,7 +162,6 @@ class ContextualCache(nn.Module):
         loses the overwritten entries and takes in the new slots that beat its cut; the new slots' lists are
         built from their rows. A new slot that beats the cut but finds no room raises the cut to its value."""
         dev = self.gram.device
-        rows = torch.arange(count, device=dev)
         idx, val = self.nbr_idx[:count], self.nbr_val[:count]
         written = torch.zeros(self.size, dtype=torch.bool, device=dev)
         written[slots] = True
@@ -220,8 +219,9 @@ class ContextualCache(nn.Module):
     def extra_repr(self) -> str:
         return f"size={self.size}, list_size={LIST_SIZE}, in_step={self._state is not None}"
 
-    def _neighbour_lists(self, g_bb, g_bm, count, ids_u, dead, k):
-        """(N + count, k) neighbour lists over U in rank order (see the module docstring)."""
+    def _neighbour_lists(self, g_bb, g_bm, g_rows, count, ids_u, dead, k):
+        """(N + count, k) neighbour lists over U in rank order (see the module docstring). g_rows: the batch
+        rows over U, [g_bb, g_bm]; used as the batch rows' ranking key, so masked in place."""
         n = g_bb.shape[0]
         u = n + count
         dev = g_bb.device
@@ -249,7 +249,7 @@ class ContextualCache(nn.Module):
 
         # The rest: the top (k + 1) of each row among the other live columns, batch and memory parts apart.
         c = k + 1
-        key_b = torch.cat([g_bb, g_bm], dim=1).clone()               # batch rows over U
+        key_b = g_rows
         key_b[:, n:][:, dead] = _NEG
         bf = forced[:n]
         key_b.scatter_(1, bf, _NEG)                                  # forced (padded with self: also masked)
