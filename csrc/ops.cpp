@@ -61,4 +61,19 @@ TORCH_LIBRARY(ssml_fast, m) {
   m.def("_kreciprocal_rerank_gpu_algorithm(Tensor query, Tensor gallery, int k1, int k2, float lambda_value) -> Tensor");
   m.def("_kreciprocal_rerank_gpu_algorithm_topk(Tensor distances, Tensor indices, int num_query, int k1, int k2, "
         "float lambda_value) -> Tensor");
+
+  // ---- STML's loss terms (ssml_fast/losses: RelaxedContrastiveLoss, SelfDistillationKL, STMLLoss). ----
+  // Every matrix is (n, c), c >= n, float32/float64: rows of a batch against [batch; other columns], so
+  // column i of row i is the self pair. Autograd is attached in Python from the returned gradients.
+  // dist -> (rel, inv): rel_ij = d_ij * inv_i, inv_i = 1 / max(sum_{j != i} d_ij / c, eps), rel_ii = 0.
+  m.def("row_relative(Tensor dist, float eps) -> (Tensor, Tensor)");
+  // dL/d dist from dL/d rel: (grad_ij - (1/c) sum_l grad_il rel_il) * inv_i, 0 at j = i.
+  m.def("row_relative_backward(Tensor grad, Tensor rel, Tensor inv) -> Tensor");
+  // -> (scale * sum_i sum_{j != i} w d^2 + (1 - w) [delta - d]_+^2 (0-d), its gradient in dist (n, c)).
+  m.def("relaxed_contrastive_rows(Tensor dist, Tensor weights, float delta, float scale) -> (Tensor, Tensor)");
+  // p_i = softmax_j(-student_dist_ij / T), q_i = softmax_j(-teacher_dist_ij / T) over the columns (without
+  // column i when exclude_self) -> (scale * sum_i KL(q_i || p_i) (0-d), scale * (q - p) / T (n, c)), the
+  // gradient in student_dist (teacher_dist is a constant).
+  m.def("self_distillation_kl_rows(Tensor student_dist, Tensor teacher_dist, float temperature, bool exclude_self, "
+        "float scale) -> (Tensor, Tensor)");
 }

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .. import _validation as _checks
+from .. import ops
 from . import _pairs
 
 
@@ -22,53 +23,37 @@ def relative_distance(embeddings: torch.Tensor, eps: float = 1e-12, memory: torc
 
 class _RowRelative(torch.autograd.Function):
     """d / (row mean of d) with the self-distances d_ii (column i of row i) taken as exactly 0, value and
-    gradient: dL/dd_ij = (x_ij - (1/c) sum_l x_il rel_il) / mu_i for upstream x (0 at j = i). Closed form:
-    three passes in the backward instead of autograd through masked_fill, mean, clamp and div."""
+    gradient: dL/dd_ij = (x_ij - (1/c) sum_l x_il rel_il) / mu_i for upstream x (0 at j = i), each one fused
+    row op (ssml_fast.ops.row_relative / row_relative_backward)."""
 
     @staticmethod
     def forward(ctx, d, eps):
-        n, c = d.shape
-        diag = torch.arange(n, device=d.device)
-        # The GEMM form leaves ~sqrt(eps) noise on the diagonal: the row sum without it, then rel_ii = 0.
-        row_sum = d.sum(dim=1) - d[diag, diag] if n else d.sum(dim=1)
-        inv = 1.0 / (row_sum / c).clamp_min(eps) if c else row_sum
-        rel = d * inv[:, None]
-        rel[diag, diag] = 0.0
+        # The GEMM form leaves ~sqrt(eps) noise on the diagonal: the op's row sum skips it, and rel_ii = 0.
+        rel, inv = ops.row_relative(d, eps)
         ctx.save_for_backward(rel, inv)
         return rel
 
     @staticmethod
     def backward(ctx, grad):
         rel, inv = ctx.saved_tensors
-        n, c = rel.shape
-        s = (grad * rel).sum(dim=1) / c
-        out = (grad - s[:, None]).mul_(inv[:, None])
-        diag = torch.arange(n, device=rel.device)
-        out[diag, diag] = 0.0
-        return out, None
+        return ops.row_relative_backward(grad.contiguous(), rel, inv), None
 
 
 class _RelaxedContrastiveSum(torch.autograd.Function):
-    """sum_i sum_{j != i} w_ij d_ij^2 + (1 - w_ij) [delta - d_ij]_+^2 over an (n, c) matrix (c >= n; the
-    self pair of row i is column i) with its closed-form gradient 2 (w d - (1 - w) [delta - d]_+)."""
+    """scale * sum_i sum_{j != i} w_ij d_ij^2 + (1 - w_ij) [delta - d_ij]_+^2 over an (n, c) matrix (c >= n;
+    the self pair of row i is column i); the fused op returns its gradient 2 (w d - (1 - w) [delta - d]_+)
+    with the value, so the backward is one product."""
 
     @staticmethod
-    def forward(ctx, d, w, delta):
-        n = d.shape[0]
-        diag = torch.arange(n, device=d.device)
-        r = torch.clamp_min(delta - d, 0.0)
-        rr = r * r
-        term = torch.mul(d, d).sub_(rr).mul_(w).add_(rr)   # w d^2 + (1 - w) r^2
-        term[diag, diag] = 0.0
-        grad = torch.add(d, r).mul_(w).sub_(r).mul_(2.0)   # 2 (w (d + r) - r)
-        grad[diag, diag] = 0.0
+    def forward(ctx, d, w, delta, scale):
+        value, grad = ops.relaxed_contrastive_rows(d, w, delta, scale)
         ctx.save_for_backward(grad)
-        return term.sum()
+        return value
 
     @staticmethod
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
-        return grad * g, None, None
+        return grad * g, None, None, None
 
 
 def _check_square(name, w, n, device):
@@ -112,4 +97,11 @@ class RelaxedContrastiveLoss(nn.Module):
         n = dist.shape[0]
         if n < 2 and dist.shape[1] < 2:
             return _pairs.zero_loss(dist)
-        return _RelaxedContrastiveSum.apply(dist, weights.detach().to(dist.dtype), float(self.delta)) / n
+        dist = dist.to(_checks.compute_dtype(dist))
+        return _RelaxedContrastiveSum.apply(dist, weights.detach().to(dist.dtype), float(self.delta), 1.0 / n)
+
+    def sum_and_grad(self, dist: torch.Tensor, weights: torch.Tensor, scale: float = 1.0):
+        """(scale * the pair sum above, its gradient in dist), without autograd: the fused kernel behind
+        from_distances, for callers that chain several terms into one autograd node (STMLLoss). dist (n, c)
+        float32 / float64 contiguous, weights of its dtype."""
+        return ops.relaxed_contrastive_rows(dist, weights, self.delta, scale)

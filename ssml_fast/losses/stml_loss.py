@@ -6,10 +6,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from torch.autograd.function import once_differentiable
+
 from .. import _validation as _checks
+from .. import ops
 from ..ops.contextual import contextual_similarity
 from . import _pairs
-from .relaxed_contrastive_loss import RelaxedContrastiveLoss, relative_distance
+from .relaxed_contrastive_loss import RelaxedContrastiveLoss
 from .self_distillation_kl import SelfDistillationKL
 
 FORMS = ("code", "thesis")
@@ -121,15 +124,73 @@ class STMLLoss(nn.Module):
 
     def _terms(self, student_f, student_g, w, mem_f=None, mem_g=None):
         """0.5 (RC(f) + RC(g)) + KL over the batch rows against [batch; memory] (no memory: the batch)."""
-        # Each relative distance matrix once (the GEMMs are most of the loss's cost): RC and KL share them.
-        d_f = relative_distance(student_f, memory=mem_f)
-        d_g = relative_distance(student_g, memory=mem_g)
-        c = d_f.shape[1]
-        rc_f, rc_g = self.rc.from_distances(d_f, w), self.rc.from_distances(d_g, w)
-        kl = self.kl.from_distances(d_f, d_g.detach())
-        if self.form == "code":
-            rc_f, rc_g = rc_f / (c - 1), rc_g / (c - 1)
-            kl = kl * self.kl.temperature ** 2
-        total = 0.5 * (rc_f + rc_g) + kl
-        self.parts = STMLParts(total.detach(), rc_f.detach(), rc_g.detach(), kl.detach(), w)
+        n = student_f.shape[0]
+        c = n + (0 if mem_f is None else mem_f.shape[0])
+        # form "code": RC / (N (C - 1)), KL / N times T^2; "thesis": RC / N, KL / N.
+        rc_scale = 1.0 / (n * (c - 1)) if self.form == "code" else 1.0 / n
+        kl_scale = (self.kl.temperature ** 2 if self.form == "code" else 1.0) / n
+        total, rc_f, rc_g, kl = _STMLTerms.apply(student_f, student_g, w.detach(), mem_f, mem_g, self.rc, self.kl,
+                                                 rc_scale, kl_scale)
+        self.parts = STMLParts(total.detach(), rc_f, rc_g, kl, w)
         return total
+
+
+def _distances(x, mem):
+    """Euclidean distances of the batch rows x to [x; mem]: (the full (n, c) matrix, its two blocks). The
+    batch block comes from the op's x-against-itself form (exact zero diagonal, one backward GEMM)."""
+    d_bb = torch.ops.ssml_fast.pairwise_distance(x, x, "euclidean")
+    if mem is None:
+        return d_bb, d_bb, None
+    d_bm = torch.ops.ssml_fast.pairwise_distance(x, mem.detach().to(x.dtype), "euclidean")
+    return torch.cat([d_bb, d_bm], dim=1), d_bb, d_bm
+
+
+class _STMLTerms(torch.autograd.Function):
+    """The whole student side of STMLLoss as one autograd node, built from the same fused kernels as
+    RelaxedContrastiveLoss (sum_and_grad), SelfDistillationKL (sum_and_grad) and relative_distance
+    (ops.row_relative): forward computes each term's value and its gradient in the relative distances,
+    backward chains them through the relative normalisation and the distance GEMMs. At N = 240 a loss is
+    then a dozen op calls instead of ~60 ops and seven Python autograd nodes, which were most of its
+    non-GEMM time. The memory (mem_f / mem_g, constants) only adds columns; its GEMMs take no gradient.
+    Returns (total, rc_f, rc_g, kl); only total is differentiable."""
+
+    @staticmethod
+    def forward(ctx, f, g, w, mem_f, mem_g, rc, kl, rc_scale, kl_scale):
+        d_f, f_bb, f_bm = _distances(f, mem_f)
+        d_g, g_bb, g_bm = _distances(g, mem_g)
+        rel_f, inv_f = ops.row_relative(d_f)
+        rel_g, inv_g = ops.row_relative(d_g)
+        # 0.5 * scale: RC enters the total halved; the halving is exact in floating point, so 2 * value is
+        # the term itself, bit for bit.
+        rc_f, grad_f = rc.sum_and_grad(rel_f, w.to(rel_f.dtype), 0.5 * rc_scale)
+        rc_g, grad_g = rc.sum_and_grad(rel_g, w.to(rel_g.dtype), 0.5 * rc_scale)
+        kl_v, grad_kl = kl.sum_and_grad(rel_f, rel_g.to(rel_f.dtype), kl_scale)  # g is the target: no gradient
+        grad_f.add_(grad_kl)
+        del grad_kl
+        ctx.save_for_backward(f, g, mem_f, mem_g, f_bb, f_bm, g_bb, g_bm, rel_f, inv_f, rel_g, inv_g, grad_f, grad_g)
+        total = (rc_f + rc_g) + kl_v.to(rc_f.dtype)
+        parts = (rc_f * 2, rc_g * 2, kl_v)
+        ctx.mark_non_differentiable(*parts)
+        return (total, *parts)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_total, *_):
+        f, g, mem_f, mem_g, f_bb, f_bm, g_bb, g_bm, rel_f, inv_f, rel_g, inv_g, grad_f, grad_g = ctx.saved_tensors
+        out_f = out_g = None
+        if ctx.needs_input_grad[0]:
+            out_f = _embedding_grad(ops.row_relative_backward(grad_f, rel_f, inv_f), f, mem_f, f_bb, f_bm) * g_total
+        if ctx.needs_input_grad[1]:
+            out_g = _embedding_grad(ops.row_relative_backward(grad_g, rel_g, inv_g), g, mem_g, g_bb, g_bm) * g_total
+        return out_f, out_g, None, None, None, None, None, None, None
+
+
+def _embedding_grad(h, x, mem, d_bb, d_bm):
+    """dL/dx from dL/d[d_bb, d_bm] (n, c) through the distance op's backward (the memory block: no y GEMM)."""
+    n = x.shape[0]
+    if mem is None:
+        return torch.ops.ssml_fast.pairwise_distance_backward(h, x, x, d_bb, "euclidean", True)[0]
+    gx = torch.ops.ssml_fast.pairwise_distance_backward(h[:, :n], x, x, d_bb, "euclidean", True)[0]
+    gm = torch.ops.ssml_fast.pairwise_distance_backward(h[:, n:], x, mem.detach().to(x.dtype), d_bm, "euclidean",
+                                                        False)[0]
+    return gx.add_(gm)

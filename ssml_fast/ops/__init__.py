@@ -4,6 +4,7 @@ from .contextual import ContextualSimilarity, contextual_similarity
 from .contextual_rows import contextual_similarity_rows
 from .distance import DISTANCES, pairwise_distance
 from .memory import bank_momentum_update_, queue_enqueue_, queue_enqueue_many_
+from .stml_terms import relaxed_contrastive_rows, row_relative, row_relative_backward, self_distillation_kl_rows
 from .rerank import RERANK_MODES, kreciprocal_rerank, topk_neighbors
 from .triplet import MININGS, REDUCTIONS, TripletLoss, triplet_margin_loss
 
@@ -21,6 +22,10 @@ __all__ = [
     "pairwise_distance",
     "queue_enqueue_",
     "queue_enqueue_many_",
+    "relaxed_contrastive_rows",
+    "row_relative",
+    "row_relative_backward",
+    "self_distillation_kl_rows",
     "topk_neighbors",
     "triplet_margin_loss",
 ]

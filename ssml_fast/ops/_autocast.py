@@ -25,6 +25,10 @@ FUNCTIONAL_OPS = (
     "kreciprocal_rerank_topk",
     "_kreciprocal_rerank_gpu_algorithm",
     "_kreciprocal_rerank_gpu_algorithm_topk",
+    "row_relative",
+    "row_relative_backward",
+    "relaxed_contrastive_rows",
+    "self_distillation_kl_rows",
 )
 
 AUTOCAST_DEVICES = tuple(d for d in ("cpu", "cuda") if torch.amp.is_autocast_available(d))
