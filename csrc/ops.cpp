@@ -9,7 +9,7 @@ TORCH_LIBRARY(ssml_fast, m) {
   // grad, dist: (B, R) -> (grad_x (B, D), grad_y (R, D)); when y is x (one tensor), (the whole gradient of
   // that tensor, zeros): autograd adds the two, and the sum costs one GEMM instead of two.
   // y_grad=False: y takes no gradient (a constant bank / memory): its GEMM is skipped and the second output
-  // is an empty (0,) tensor.
+  // is an empty (0,) tensor (with y is x too: the whole gradient is then the first output).
   m.def("pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor dist, str metric, bool y_grad=True) -> (Tensor, Tensor)");
 
   // dist: (B, R) anchor-to-reference distances; labels: (B,) int64; ref_labels: (R,) int64.

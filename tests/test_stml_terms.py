@@ -399,12 +399,9 @@ THREAD_OPS = {
 }
 
 
-@pytest.mark.parametrize("dtype", [
-    pytest.param(torch.float64, marks=pytest.mark.xfail(strict=True, reason=(
-        "found by this test: float64 row_relative's inv (and rel) differ in the last bits between 1 and 2 threads "
-        "on 288 of 300 rows (max |diff| 7e-15 in inv; 1 thread ~30 ulps from the exact row sum, 2 threads ~14): the "
-        "row sum is not reduced the same way on both paths"))),
-    torch.float32])
+# float64 row_relative once differed in the last bits between 1 and 2 threads (at::parallel_for's inline and
+# OpenMP copies of the row loop vectorised the row sum differently); the kernels now sum over fixed lanes.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_thread_count_row_relative(dtype):
     args = _thread_inputs(dtype)
     one = _with_threads(1, lambda: THREAD_OPS["row_relative"](*args))

@@ -5,6 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/clamp_min.h>
 #include <ATen/ops/exp2.h>
@@ -96,9 +99,12 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
   const bool same = x_in.is_same(y_in);
   // (A blocked contiguous transpose plus an in-place add: h + h.t() reads h strided, as slow as the GEMM.)
   if (same) h = h.t().contiguous().add_(h);
+  // y_grad=False with y is x: the caller takes the whole gradient from the first output; no zeros to add.
+  auto second = [&] { return y_grad ? at::zeros_like(y) : at::empty({0}, y.options()); };
   if (metric != Metric::Cosine) {
-    if (same) return {h.sum(1, /*keepdim=*/true) * x - at::mm(h, x), at::zeros_like(y)};
-    at::Tensor gx = h.sum(1, /*keepdim=*/true) * x - at::mm(h, y);
+    // rowsum(h) x - h y as one GEMM with beta = 1 (the subtraction inside the GEMM, not one more pass).
+    if (same) return {at::addmm(h.sum(1, /*keepdim=*/true) * x, h, x, 1, -1), second()};
+    at::Tensor gx = at::addmm(h.sum(1, /*keepdim=*/true) * x, h, y, 1, -1);
     if (!y_grad) return {gx, at::empty({0}, y.options())};
     at::Tensor gy = h.sum(0).unsqueeze(1) * y - at::mm(h.t(), x);
     return {gx, gy};
@@ -109,7 +115,7 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
     at::Tensor projected = (g_unit - (g_unit * unit).sum(1, true) * unit) / norm;
     return at::where(norm > kNormEps, projected, g_unit / kNormEps);
   };
-  if (same) return {through_normalize(at::mm(h, xh), xh, nx), at::zeros_like(y)};
+  if (same) return {through_normalize(at::mm(h, xh), xh, nx), second()};
   if (!y_grad) return {through_normalize(at::mm(h, yh), xh, nx), at::empty({0}, y.options())};
   return {through_normalize(at::mm(h, yh), xh, nx), through_normalize(at::mm(h.t(), xh), yh, ny)};
 }

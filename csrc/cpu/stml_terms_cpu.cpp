@@ -24,13 +24,25 @@ namespace {
 // Rows per task: at least ~16k elements each, so small matrices run on one thread.
 int64_t row_grain(int64_t c) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(c, 1)); }
 
-// sum_{j in [b, e)} v[j] in double; `omp simd` lets the compiler reorder this one sum (no -ffast-math).
+// sum_{j in [b, e)} v[j] in double, over four fixed lanes (element j goes to lane (j - b) % 4) added in a fixed
+// order at the end. Each lane is a plain sequential sum, so the result is the same whether the compiler
+// vectorises the loop or not, in every copy of the caller (at::parallel_for calls its body both inline and
+// inside the OpenMP region, and the two copies may be compiled differently): results do not depend on the
+// number of threads. Four independent chains also hide the add latency.
 template <typename T>
 double sum_range(const T* v, int64_t b, int64_t e) {
-  double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = b; j < e; ++j) s += static_cast<double>(v[j]);
-  return s;
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t j = b;
+  for (; j + 4 <= e; j += 4) {
+    s0 += static_cast<double>(v[j]);
+    s1 += static_cast<double>(v[j + 1]);
+    s2 += static_cast<double>(v[j + 2]);
+    s3 += static_cast<double>(v[j + 3]);
+  }
+  if (j < e) s0 += static_cast<double>(v[j]);
+  if (j + 1 < e) s1 += static_cast<double>(v[j + 1]);
+  if (j + 2 < e) s2 += static_cast<double>(v[j + 2]);
+  return (s0 + s1) + (s2 + s3);
 }
 
 // The same sum without element `skip` (the self pair): two ranges, so nothing is added and subtracted.
@@ -57,11 +69,11 @@ void relative_row(const T* d, T* out, T* inv, int64_t c, int64_t i, double eps) 
 
 template <typename T>
 void relative_backward_row(const T* g, const T* r, T k, T* out, int64_t c, int64_t i) {
-  double s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < c; ++j) s += static_cast<double>(g[j]) * static_cast<double>(r[j]);
+  // The products first (into out), then their sum: elementwise loops vectorise, the sum stays deterministic.
+#pragma omp simd
+  for (int64_t j = 0; j < c; ++j) out[j] = g[j] * r[j];
   // dL/dd_ij = (x_ij - (1/c) sum_l x_il rel_il) / mu_i
-  const T mean = static_cast<T>(s / static_cast<double>(c));
+  const T mean = static_cast<T>(sum_range(out, 0, c) / static_cast<double>(c));
 #pragma omp simd
   for (int64_t j = 0; j < c; ++j) out[j] = (g[j] - mean) * k;
   out[i] = 0;
@@ -111,22 +123,22 @@ void kl_shift_row(const T* f, const T* g, T* xf, T* xg, int64_t c, int64_t skip,
 }
 
 // KL row, second half, after ef = exp(xf), eg = exp(xg): sum_j q_j log(q_j / p_j), and ef is overwritten
-// with the gradient scale * (q - p) / T.
+// with the gradient scale * (q - p) / T (eg with the terms).
 template <typename T>
-double kl_finish_row(const T* f, const T* g, T* ef, const T* eg, int64_t c, int64_t skip, T mf, T mg,
+double kl_finish_row(const T* f, const T* g, T* ef, T* eg, int64_t c, int64_t skip, T mf, T mg,
                      T neg_inv_t, T inv_t, T scale) {
   const double zf = sum_range(ef, 0, c), zg = sum_range(eg, 0, c);
   const T lse_f = mf + static_cast<T>(std::log(zf)), lse_g = mg + static_cast<T>(std::log(zg));
   const T rzf = static_cast<T>(1.0 / zf), rzg = static_cast<T>(1.0 / zg);
-  double s = 0;
-#pragma omp simd reduction(+ : s)
+  // Each column's KL term replaces eg (read just before), then a deterministic sum of them.
+#pragma omp simd
   for (int64_t j = 0; j < c; ++j) {
     const T q = eg[j] * rzg, p = ef[j] * rzf;
-    s += static_cast<double>(kl_column<T>(f[j] * neg_inv_t - lse_f, g[j] * neg_inv_t - lse_g, q));
+    eg[j] = kl_column<T>(f[j] * neg_inv_t - lse_f, g[j] * neg_inv_t - lse_g, q);
     ef[j] = (q - p) * inv_t * scale;
   }
   if (skip >= 0) ef[skip] = 0;  // p = q = 0 there (and its kl_column is 0: q == 0)
-  return s;
+  return sum_range(eg, 0, c);
 }
 
 std::tuple<at::Tensor, at::Tensor> row_relative_cpu(const at::Tensor& dist_in, double eps) {

@@ -189,8 +189,8 @@ def _embedding_grad(h, x, mem, d_bb, d_bm):
     """dL/dx from dL/d[d_bb, d_bm] (n, c) through the distance op's backward (the memory block: no y GEMM)."""
     n = x.shape[0]
     if mem is None:
-        return torch.ops.ssml_fast.pairwise_distance_backward(h, x, x, d_bb, "euclidean", True)[0]
-    gx = torch.ops.ssml_fast.pairwise_distance_backward(h[:, :n], x, x, d_bb, "euclidean", True)[0]
+        return torch.ops.ssml_fast.pairwise_distance_backward(h, x, x, d_bb, "euclidean", False)[0]
+    gx = torch.ops.ssml_fast.pairwise_distance_backward(h[:, :n], x, x, d_bb, "euclidean", False)[0]
     gm = torch.ops.ssml_fast.pairwise_distance_backward(h[:, n:], x, mem.detach().to(x.dtype), d_bm, "euclidean",
                                                         False)[0]
     return gx.add_(gm)
