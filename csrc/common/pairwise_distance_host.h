@@ -70,7 +70,8 @@ inline at::Tensor pairwise_distance_impl(const at::Tensor& x_in, const at::Tenso
     ep.to_distance(gram, at::Tensor(), at::Tensor(), x, y, metric);
   } else {
     gram = at::mm(x, y.t());
-    ep.to_distance(gram, (x * x).sum(1), (y * y).sum(1), x, y, metric);
+    const at::Tensor sq_x = (x * x).sum(1);
+    ep.to_distance(gram, sq_x, x_in.is_same(y_in) ? sq_x : (y * y).sum(1), x, y, metric);  // x against itself: once
   }
   // d(x_i, x_i) is exactly 0, but the GEMM form rounds it to ~1e-8: pin it when y is x. The gradient
   // there is 0 for every metric, which distance_grad_coef (and the cosine projection) already give.
