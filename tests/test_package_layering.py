@@ -25,6 +25,10 @@ OPS = {
     "kreciprocal_rerank_topk": True,
     "_kreciprocal_rerank_gpu_algorithm": False,
     "_kreciprocal_rerank_gpu_algorithm_topk": False,
+    "row_relative": True,
+    "row_relative_backward": True,
+    "relaxed_contrastive_rows": True,
+    "self_distillation_kl_rows": True,
 }
 KEYS = ("CPU", "CUDA", "Meta", "AutocastCPU", "AutocastCUDA")
 
