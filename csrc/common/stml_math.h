@@ -7,11 +7,11 @@
 namespace ssml_fast {
 
 // max(x, 0) keeping a NaN (torch.clamp_min does), written as the select CPU loops vectorise (maxps order).
-// (rc_pair would give NaN for a NaN d through d itself anyway.)
 template <typename A>
 SSML_HD A relu(A x) { return x < A(0) ? A(0) : x; }
 
 // max(a, b) that keeps a NaN of either (torch.amax does): a NaN row's softmax is NaN, never a finite guess.
+// The CUDA row max; the CPU loop takes a plain max plus a NaN flag instead, which vectorises (same result).
 template <typename A>
 SSML_HD A max_keep_nan(A a, A b) { return a != a ? a : ((b > a || b != b) ? b : a); }
 

@@ -36,7 +36,7 @@ class _RowRelative(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         rel, inv = ctx.saved_tensors
-        return ops.row_relative_backward(grad.contiguous(), rel, inv), None
+        return ops.row_relative_backward(grad, rel, inv), None
 
 
 class _RelaxedContrastiveSum(torch.autograd.Function):
@@ -103,5 +103,5 @@ class RelaxedContrastiveLoss(nn.Module):
     def sum_and_grad(self, dist: torch.Tensor, weights: torch.Tensor, scale: float = 1.0):
         """(scale * the pair sum above, its gradient in dist), without autograd: the fused kernel behind
         from_distances, for callers that chain several terms into one autograd node (STMLLoss). dist (n, c)
-        float32 / float64 contiguous, weights of its dtype."""
+        float32 / float64, weights of its dtype."""
         return ops.relaxed_contrastive_rows(dist, weights, self.delta, scale)

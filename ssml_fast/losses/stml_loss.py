@@ -5,7 +5,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-
 from torch.autograd.function import once_differentiable
 
 from .. import _validation as _checks
