@@ -31,6 +31,8 @@ struct DistanceEpilogues {
                       const at::Tensor& y, Metric metric);
   // H (B, R) from upstream grad and forward distances, see distance_grad_coef.
   at::Tensor (*grad_coef)(const at::Tensor& grad, const at::Tensor& dist, Metric metric);
+  // x x^T (n, n) for x against itself: the CPU computes only the lower triangle (cpu/symmetric_gram.h).
+  at::Tensor (*gram)(const at::Tensor& x);
 };
 
 inline void check_pairwise_args(const at::Tensor& x, const at::Tensor& y) {
@@ -65,18 +67,22 @@ inline at::Tensor pairwise_distance_impl(const at::Tensor& x_in, const at::Tenso
   const FullFloat32Matmul full_precision;
   at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
   at::Tensor gram;
+  const bool same = x_in.is_same(y_in);
   if (metric == Metric::Cosine) {
-    gram = at::mm(unit_rows(tame_huge_rows(x)), unit_rows(tame_huge_rows(y)).t());
+    const at::Tensor ux = unit_rows(tame_huge_rows(x));
+    gram = same ? ep.gram(ux) : at::mm(ux, unit_rows(tame_huge_rows(y)).t());
     ep.to_distance(gram, at::Tensor(), at::Tensor(), x, y, metric);
   } else {
-    gram = at::mm(x, y.t());
-    const at::Tensor sq_x = (x * x).sum(1);
-    ep.to_distance(gram, sq_x, x_in.is_same(y_in) ? sq_x : (y * y).sum(1), x, y, metric);  // x against itself: once
+    gram = same ? ep.gram(x) : at::mm(x, y.t());
+    // x against itself: the squared norms are the Gram's diagonal, so d_ii comes out 0 from the same
+    // roundings as every d_ij (and no n x d pass for x * x).
+    const at::Tensor sq_x = same ? gram.diagonal().clone() : (x * x).sum(1);
+    ep.to_distance(gram, sq_x, same ? sq_x : (y * y).sum(1), x, y, metric);  // x against itself: once
   }
   // d(x_i, x_i) is exactly 0, but the GEMM form rounds it to ~1e-8: pin it when y is x. The gradient
   // there is 0 for every metric, which distance_grad_coef (and the cosine projection) already give.
   // Multiplying by 0 rather than writing 0 keeps a NaN row's NaN (the plain formula's x_i - x_i is NaN).
-  if (x_in.is_same(y_in)) gram.diagonal().mul_(0);
+  if (same) gram.diagonal().mul_(0);
   return gram;
 }
 
@@ -103,8 +109,14 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
   // y_grad=False with y is x: the caller takes the whole gradient from the first output; no zeros to add.
   auto second = [&] { return y_grad ? at::zeros_like(y) : at::empty({0}, y.options()); };
   if (metric != Metric::Cosine) {
+    // rowsum(h) x - h x = (diag(rowsum(h)) - h) x: the row sums go onto h's diagonal (an n-element pass)
+    // rather than scaling x (an n x d pass and one more n x d buffer), then one plain GEMM.
+    if (same) {
+      const at::Tensor r = h.sum(1);
+      h.neg_().diagonal().add_(r);
+      return {at::mm(h, x), second()};
+    }
     // rowsum(h) x - h y as one GEMM with beta = 1 (the subtraction inside the GEMM, not one more pass).
-    if (same) return {at::addmm(h.sum(1, /*keepdim=*/true) * x, h, x, 1, -1), second()};
     at::Tensor gx = at::addmm(h.sum(1, /*keepdim=*/true) * x, h, y, 1, -1);
     if (!y_grad) return {gx, at::empty({0}, y.options())};
     at::Tensor gy = h.sum(0).unsqueeze(1) * y - at::mm(h.t(), x);

@@ -21,6 +21,7 @@
 #include "common/full_precision.h"
 #include "common/contextual_math.h"
 #include "common/duplicates_cpu.h"
+#include "cpu/symmetric_gram.h"
 
 namespace ssml_fast {
 namespace {
@@ -41,7 +42,7 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
   // the upper triangle at the rows' first copies (a GEMM may round identical rows or mirrored entries
   // differently), so d2 is exactly symmetric and identical rows tie exactly (their order is then by index).
   const FullFloat32Matmul full_precision;
-  at::Tensor gram = at::mm(x, x.t());
+  at::Tensor gram = symmetric_gram_cpu(x);
   {
     // Finite rows whose squared norm over- or underflows (float32 beyond ~1e19 or below ~1e-19) are brought
     // to scale first (exact, w is scale-invariant); the usual input pays one pass over the Gram diagonal.
@@ -53,7 +54,7 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
     }
     if (!ok) {
       const at::Tensor xs = contextual_rescaled(x);
-      if (!xs.is_same(x)) gram = at::mm(xs, xs.t());
+      if (!xs.is_same(x)) gram = symmetric_gram_cpu(xs);
     }
   }
   const T* G = gram.const_data_ptr<T>();

@@ -10,6 +10,7 @@
 
 #include "common/options.h"
 #include "common/pairwise_distance_host.h"
+#include "cpu/symmetric_gram.h"
 
 namespace ssml_fast {
 namespace {
@@ -62,7 +63,7 @@ at::Tensor grad_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric 
   return h;
 }
 
-constexpr DistanceEpilogues kCpuEpilogues{to_distance_cpu, grad_coef_cpu};
+constexpr DistanceEpilogues kCpuEpilogues{to_distance_cpu, grad_coef_cpu, symmetric_gram_cpu};
 
 at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, c10::string_view metric) {
   return pairwise_distance_impl(x, y, parse_metric(metric), kCpuEpilogues);

@@ -177,10 +177,13 @@ class _STMLTerms(torch.autograd.Function):
     def backward(ctx, g_total, *_):
         f, g, mem_f, mem_g, f_bb, f_bm, g_bb, g_bm, rel_f, inv_f, rel_g, inv_g, grad_f, grad_g = ctx.saved_tensors
         out_f = out_g = None
+        # g_total scales the (n, c) distance gradient (a fresh tensor), not the (n, d) embedding gradient.
         if ctx.needs_input_grad[0]:
-            out_f = _embedding_grad(ops.row_relative_backward(grad_f, rel_f, inv_f), f, mem_f, f_bb, f_bm) * g_total
+            h = ops.row_relative_backward(grad_f, rel_f, inv_f).mul_(g_total)
+            out_f = _embedding_grad(h, f, mem_f, f_bb, f_bm)
         if ctx.needs_input_grad[1]:
-            out_g = _embedding_grad(ops.row_relative_backward(grad_g, rel_g, inv_g), g, mem_g, g_bb, g_bm) * g_total
+            h = ops.row_relative_backward(grad_g, rel_g, inv_g).mul_(g_total)
+            out_g = _embedding_grad(h, g, mem_g, g_bb, g_bm)
         return out_f, out_g, None, None, None, None, None, None, None
 
 
