@@ -121,6 +121,12 @@ def _add_config_arguments(p) -> None:
     p.add_argument("--channels-last", choices=["on", "off"], help="backbone memory layout (default the backbone's)")
 
 
+def _add_allocator_argument(p) -> None:
+    p.add_argument("--keep-freed-memory", choices=["on", "off"], default="on",
+                   help="glibc malloc keeps freed blocks for reuse instead of unmapping them: no page faults per "
+                   "step (~1.7x faster CPU steps here; default on)")
+
+
 def _train_setup(args):
     from .compare import default_preset
     from .data import load_dataset
@@ -136,7 +142,8 @@ def _train_setup(args):
     train_classes = tuple(_int_list(args.train_classes, "--train-classes")) if args.train_classes else None
     run = _checked(RunConfig, dataset=args.dataset, train_classes=train_classes, val_mode=args.val_mode,
                    seed=args.seed, device=args.device, amp=args.amp, threads=args.threads,
-                   select=args.select, quiet=args.quiet, sync_bn=args.sync_bn, **_data_args(args))
+                   select=args.select, quiet=args.quiet, sync_bn=args.sync_bn,
+                   keep_freed_memory=args.keep_freed_memory == "on", **_data_args(args))
     out = Path(args.out or f"runs/{args.method}-{args.dataset}")
     return cls, config, run, preset, out
 
@@ -273,7 +280,7 @@ def cmd_compare(args) -> int:
     _checked(load_dataset, args.dataset, train_classes, **files)
     _checked(run_compare, args.dataset, methods, train_classes=train_classes, epochs=args.epochs, seeds=seeds,
              preset=args.preset, out=args.out, device=args.device, threads=args.threads, quiet=args.quiet,
-             overrides=overrides, **data)
+             overrides=overrides, keep_freed_memory=args.keep_freed_memory == "on", **data)
     return 0
 
 
@@ -436,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--amp", default="off", help="off | bf16 | fp16")
     t.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _add_allocator_argument(t)
     t.add_argument("--out", help="run directory (default runs/<method>-<dataset>)")
     t.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -470,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(c)  # applied to every method (a key a method lacks is an error naming it)
     c.add_argument("--device", default="auto")
     c.add_argument("--threads", type=int, default=0)
+    _add_allocator_argument(c)
     c.add_argument("--out", default="runs/compare")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_compare)

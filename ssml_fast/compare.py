@@ -111,6 +111,7 @@ def run_compare(
     num_workers: int = 0,
     image_size: int = 224,
     pipeline: str = "official",
+    keep_freed_memory: bool = True,
 ) -> dict:
     """Trains and evaluates every method for every seed; writes results.{csv,md,json} and PNGs to `out`.
 
@@ -166,7 +167,7 @@ def run_compare(
             method = cls(configs[name], data_info(split))
             run = RunConfig(dataset=dataset, train_classes=tuple(split.train_classes) if not disk else None,
                             seed=seed, device=device, quiet=quiet, data_root=data_root, num_workers=num_workers,
-                            image_size=image_size, pipeline=pipeline)
+                            image_size=image_size, pipeline=pipeline, keep_freed_memory=keep_freed_memory)
             record = {"method_config": asdict(configs[name]), "run_config": asdict(run),
                       "model_info": asdict(data_info(split))}
             log(f"--- {name} (seed {seed}, {configs[name].epochs} epochs)")

@@ -76,6 +76,10 @@ def test_print_config_shows_resolved_values(capsys):
     assert "temperature: 0.05" in out and "preset small" in out and "dataset: mnist5k" in out
     rc, out, _ = run(capsys, "train", "--method", "spreading", "--print-config", "--preset", "official")
     assert "optimizer: sgd" in out and "epochs: 60" in out
+    rc, out, _ = run(capsys, "train", "--method", "spreading", "--print-config")
+    assert "keep_freed_memory: true" in out
+    rc, out, _ = run(capsys, "train", "--method", "spreading", "--print-config", "--keep-freed-memory", "off")
+    assert rc == 0 and "keep_freed_memory: false" in out
 
 
 def test_train_then_eval_with_rerank(capsys, tmp_path):

@@ -23,6 +23,7 @@ class RunConfig:
     select: str = "last"             # last | best: the model the test evaluation uses (best = val MAP@R)
     deterministic: bool = True
     sync_bn: bool = False            # torchrun: SyncBatchNorm (global-batch BN statistics; else averaged per step)
+    keep_freed_memory: bool = True   # glibc malloc keeps freed blocks: no page faults per step (train/allocator.py)
     quiet: bool = False
 
     def __post_init__(self):
@@ -42,6 +43,8 @@ class RunConfig:
             raise ValueError(f"pipeline must be official or thesis, got {self.pipeline!r}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if not isinstance(self.keep_freed_memory, bool):
+            raise ValueError(f"keep_freed_memory must be True or False, got {self.keep_freed_memory!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

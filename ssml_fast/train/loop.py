@@ -27,6 +27,7 @@ from ..distributed import TrainingGroup
 from ..methods.base import Batch, DataInfo, Method
 from ..samplers import DistributedBatchSampler
 from .checkpoint import load_checkpoint, save_checkpoint
+from .allocator import keep_freed_memory
 from .config import RunConfig
 from .data_path import TrainData, is_file_backed
 from .evaluate import embed_images, evaluate_method
@@ -101,6 +102,8 @@ class Trainer:
 
     def __init__(self, method: Method, split, run: RunConfig, out_dir=None, *, config_record: Optional[dict] = None):
         self.method, self.split, self.run = method, split, run
+        if getattr(run, "keep_freed_memory", True):
+            keep_freed_memory()  # before the first step allocates: each step then reuses the last one's pages
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(run.device)
         # torchrun: the process group (NCCL on CUDA, gloo on CPU) and this rank's device (ssml_fast.distributed).
