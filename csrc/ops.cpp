@@ -62,6 +62,16 @@ TORCH_LIBRARY(ssml_fast, m) {
   m.def("_kreciprocal_rerank_gpu_algorithm_topk(Tensor distances, Tensor indices, int num_query, int k1, int k2, "
         "float lambda_value) -> Tensor");
 
+  // ---- STML with a memory (ssml_fast/ops/contextual_rows.py): w^C of the first `rows` of n rows from all n
+  // neighbour lists (n, k) -> (rows, n) in dtype (float32 / float64). CPU only: other devices run the
+  // PyTorch version of contextual_similarity_rows, which gives the same values.
+  m.def("_contextual_expansion_rows(Tensor neighbours, int rows, ScalarType dtype) -> Tensor");
+  // ContextualCache's neighbour lists (u = n + count, k) of [batch; memory slots] from the batch's similarity
+  // blocks g_bb (n, n), g_bm (n, count) and the cached slot Gram gram[:count, :count], ids (u,), dead (count,).
+  // CPU only: other devices keep the cache's PyTorch list path.
+  m.def("_contextual_cache_neighbours(Tensor g_bb, Tensor g_bm, Tensor gram, int count, Tensor ids, Tensor dead, "
+        "int k) -> Tensor");
+
   // ---- STML's loss terms (ssml_fast/losses: RelaxedContrastiveLoss, SelfDistillationKL, STMLLoss). ----
   // Every matrix is (n, c), c >= n, float32/float64: rows of a batch against [batch; other columns], so
   // column i of row i is the self pair. Autograd is attached in Python from the returned gradients.

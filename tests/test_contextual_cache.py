@@ -14,10 +14,13 @@ def fused_rows(t, ids, mem_t, mem_ids, live, k, sigma):
     return contextual_similarity(emb, k, sigma, torch.cat([ids, mem_ids[live]]))[: t.shape[0]]
 
 
-def run_steps(size, n, d, k, steps, seed=0, id_range=60, sigma=3.0):
+SEARCHES = ["scan", "lists"]  # the CPU kernel's exact scan; the kept lists (the PyTorch path of other devices)
+
+
+def run_steps(size, n, d, k, steps, seed=0, id_range=60, sigma=3.0, search="auto"):
     g = torch.Generator().manual_seed(seed)
     queue = FeatureQueue(size, d)
-    cache = ContextualCache(size)
+    cache = ContextualCache(size, neighbour_search=search)
     checked = 0
     for step in range(steps):
         t = torch.randn(n, d, generator=g)
@@ -35,18 +38,20 @@ def run_steps(size, n, d, k, steps, seed=0, id_range=60, sigma=3.0):
     return checked, cache, queue
 
 
+@pytest.mark.parametrize("search", SEARCHES)
 @pytest.mark.parametrize("size,n,k", [(64, 12, 4), (100, 16, 10), (50, 20, 6), (30, 40, 5)])
-def test_every_step_equals_the_fused_op(size, n, k):
+def test_every_step_equals_the_fused_op(size, n, k, search):
     """Filling, wrapping around (also by a batch larger than the memory), ids repeated across steps
     (memory copies of one image rank first for each other; entries sharing a batch id are dropped)."""
-    checked, _, _ = run_steps(size, n, 8, k, steps=12, seed=size + n)
+    checked, _, _ = run_steps(size, n, 8, k, steps=12, seed=size + n, search=search)
     assert checked >= 10
 
 
-def test_out_of_step_cache_rebuilds_and_catches_up():
+@pytest.mark.parametrize("search", SEARCHES)
+def test_out_of_step_cache_rebuilds_and_catches_up(search):
     """Enqueues the cache did not see (warm-up, other ranks) are caught: full rebuild, then incremental."""
     g = torch.Generator().manual_seed(3)
-    queue, cache = FeatureQueue(40, 6), ContextualCache(40)
+    queue, cache = FeatureQueue(40, 6), ContextualCache(40, neighbour_search=search)
     for _ in range(3):  # unseen
         queue.enqueue(F.normalize(torch.randn(10, 6, generator=g), dim=1), ids=torch.randint(100, 200, (10,), generator=g))
     for step in range(5):
@@ -60,11 +65,12 @@ def test_out_of_step_cache_rebuilds_and_catches_up():
         cache.enqueued(ptr, 11, queue.view()[0], (queue.ptr, queue.count))  # not this batch's block: computed
 
 
-def test_exact_ties_use_the_index_rule():
+@pytest.mark.parametrize("search", SEARCHES)
+def test_exact_ties_use_the_index_rule(search):
     """Quantised rows (many equal similarities, exact copies): the tie fallback ranks whole rows."""
     g = torch.Generator().manual_seed(1)
     size, n, d, k = 48, 12, 16, 6
-    queue, cache = FeatureQueue(size, d), ContextualCache(size)
+    queue, cache = FeatureQueue(size, d), ContextualCache(size, neighbour_search=search)
     for step in range(8):
         base = (torch.randint(0, 2, (6, d), generator=g) * 2 - 1).float() * 0.25  # unit rows, exact distances
         t = base[torch.randint(0, 6, (n,), generator=g)]
@@ -109,7 +115,7 @@ def test_short_lists_fall_back_to_full_rows_and_stay_exact(monkeypatch):
     original = cc.ContextualCache._memory_topk_rows
     monkeypatch.setattr(cc.ContextualCache, "_memory_topk_rows",
                         lambda self, rows, *a: calls.append(rows.numel()) or original(self, rows, *a))
-    checked, cache, _ = run_steps(60, 12, 8, 6, steps=10, seed=11)
+    checked, cache, _ = run_steps(60, 12, 8, 6, steps=10, seed=11, search="lists")
     assert checked >= 8 and sum(calls) > 0 and cache.nbr_idx.shape[1] == 3
     assert bool(torch.isfinite(cache.nbr_val).all()) and bool(torch.isfinite(cache.nbr_cut).all())
 
@@ -128,3 +134,58 @@ def test_checkpoint_without_the_cache_loads_and_rebuilds():
     mem_t, _, mem_ids = queue.view()
     w, live = holder.cache.weights(t, ids, mem_t, mem_ids, (queue.ptr, queue.count), 4, 3.0)
     torch.testing.assert_close(w, fused_rows(t, ids, mem_t, mem_ids, live, 4, 3.0), atol=2e-6, rtol=0)
+
+
+def test_scan_and_lists_give_identical_targets_and_switch_over():
+    """Both paths, step by step, bit for bit; a cache that scanned, then runs the lists path (another
+    device, k > 64) rebuilds its lists first and stays exact; and back."""
+    g = torch.Generator().manual_seed(21)
+    queue = FeatureQueue(80, 8)
+    scan, lists, switch = (ContextualCache(80, neighbour_search=s) for s in ("scan", "lists", "auto"))
+    for step in range(14):
+        t = torch.randn(16, 8, generator=g)
+        ids = torch.randint(0, 40, (8,), generator=g).repeat(2)
+        mem_t, _, mem_ids = queue.view()
+        if len(queue):
+            state = (queue.ptr, queue.count)
+            a = scan.weights(t, ids, mem_t, mem_ids, state, 5, 3.0)[0]
+            b = lists.weights(t, ids, mem_t, mem_ids, state, 5, 3.0)[0]
+            switch.neighbour_search = "lists" if step % 5 in (3, 4) else "auto"
+            c = switch.weights(t, ids, mem_t, mem_ids, state, 5, 3.0)[0]
+            assert torch.equal(a, b) and torch.equal(a, c), step
+        ptr = queue.ptr
+        queue.enqueue(t, ids=ids)
+        for cache in (scan, lists, switch):
+            cache.enqueued(ptr, 16, queue.view()[0], (queue.ptr, queue.count))
+
+
+def test_scan_kernel_lists_follow_the_rule_and_fill_with_dead_slots():
+    """The kernel's lists against a plain sort by (self, same id, similarity desc, column asc), dead slots
+    last, on a memory where most slots are dead (fewer live rows than k)."""
+    g = torch.Generator().manual_seed(4)
+    n, count, k = 6, 9, 8
+    x = F.normalize(torch.randn(n + count, 5, generator=g), dim=1)
+    x[3] = x[1]  # an exact copy: equal similarities, the lower column first
+    sims = x @ x.T
+    sims = torch.triu(sims) + torch.triu(sims, 1).T  # exactly symmetric, as the cache's blocks
+    gram = torch.zeros(12, 12)
+    gram[:count, :count] = sims[n:, n:]
+    ids = torch.tensor([0, 1, 0, 2, 3, 4, 10, 11, 10, -1, -2, -3, -4, -5, 12])
+    dead = torch.tensor([False, False, False, True, True, True, True, True, False])
+    out = torch.ops.ssml_fast._contextual_cache_neighbours(sims[:n, :n].contiguous(), sims[:n, n:].contiguous(),
+                                                          gram, count, ids, dead, k)
+    dead_u = torch.cat([torch.zeros(n, dtype=torch.bool), dead])
+    for i in range(n + count):
+        key = []
+        for j in range(n + count):
+            group = 0 if j == i else 1 if ids[j] == ids[i] and not dead_u[j] else 3 if dead_u[j] else 2
+            key.append((group, -float(sims[i, j]), j))
+        want = [j for *_, j in sorted(key)][:k]
+        assert out[i].tolist() == want, i
+    with pytest.raises(ValueError, match="k must be"):
+        torch.ops.ssml_fast._contextual_cache_neighbours(sims[:n, :n].contiguous(), sims[:n, n:].contiguous(), gram,
+                                                         count, ids, dead, 65)
+    with pytest.raises(ValueError, match="neighbour_search"):
+        ContextualCache(8, neighbour_search="fast")
+    torch.library.opcheck(torch.ops.ssml_fast._contextual_cache_neighbours.default,
+                          (sims[:n, :n].contiguous(), sims[:n, n:].contiguous(), gram, count, ids, dead, k))

@@ -71,3 +71,60 @@ def test_bad_arguments(args, match):
         contextual_similarity_rows(*args)
     with pytest.raises(ValueError, match="sigma"):
         contextual_similarity_rows(torch.zeros(3, 2, dtype=torch.long), torch.zeros(1, 3), sigma=0.0)
+
+
+# ---- the CPU kernel of the sparse part (ssml_fast::_contextual_expansion_rows) against the PyTorch version ----
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from ssml_fast.ops.contextual_rows import _expansion_torch  # noqa: E402
+
+
+def _random_lists(n, k, seed, local):
+    """(n, k) lists, i itself first, then distinct rows: near indices (many reciprocal pairs) or anywhere."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(n, k, dtype=torch.long)
+    for i in range(n):
+        if local:
+            pool = torch.tensor([j % n for j in range(i - k, i + k + 1) if j % n != i]).unique()
+        else:
+            pool = torch.tensor([j for j in range(n) if j != i], dtype=torch.long)
+        pick = pool[torch.randperm(pool.numel(), generator=g)[: k - 1]]
+        out[i] = torch.cat([torch.tensor([i]), pick])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 60), k=st.integers(1, 12), r_frac=st.floats(0, 1), seed=st.integers(0, 999),
+       local=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_kernel_is_bitwise_the_torch_version(n, k, r_frac, seed, local, dtype):
+    k = min(k, n)
+    nn = _random_lists(n, k, seed, local)
+    r = int(round(r_frac * n))
+    got = torch.ops.ssml_fast._contextual_expansion_rows(nn, r, dtype)
+    want = _expansion_torch(nn, r, dtype)
+    assert got.dtype == dtype and got.shape == (r, n)
+    assert torch.equal(got, want)
+
+
+def test_kernel_thread_count_invariant_at_memory_scale():
+    nn = _random_lists(700, 10, 3, local=True)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.ssml_fast._contextual_expansion_rows(nn, 64, torch.float32)
+        torch.set_num_threads(2)
+        two = torch.ops.ssml_fast._contextual_expansion_rows(nn, 64, torch.float32)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two) and torch.equal(one, _expansion_torch(nn, 64, torch.float32))
+
+
+def test_kernel_bad_arguments_and_opcheck():
+    nn = _random_lists(9, 3, 0, local=False)
+    with pytest.raises(ValueError, match=r"entries must be in \[0, 9\)"):
+        torch.ops.ssml_fast._contextual_expansion_rows(torch.where(nn == 4, 9, nn), 2, torch.float32)
+    with pytest.raises(ValueError, match="rows must be in"):
+        torch.ops.ssml_fast._contextual_expansion_rows(nn, 10, torch.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        torch.ops.ssml_fast._contextual_expansion_rows(nn, 2, torch.float16)
+    torch.library.opcheck(torch.ops.ssml_fast._contextual_expansion_rows.default, (nn, 4, torch.float32))

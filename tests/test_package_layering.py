@@ -21,6 +21,8 @@ OPS = {
     "bank_momentum_update_": True,
     "contextual_similarity": True,
     "_contextual_similarity_gpu_algorithm": False,
+    "_contextual_expansion_rows": False,
+    "_contextual_cache_neighbours": False,
     "kreciprocal_rerank": True,
     "kreciprocal_rerank_topk": True,
     "_kreciprocal_rerank_gpu_algorithm": False,

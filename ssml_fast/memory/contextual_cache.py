@@ -15,6 +15,13 @@ computed) is written into the slots it took: the cache never needs a GEMM of its
 of step with the queue (first use after warm-up, a load from an older checkpoint, rows enqueued by other
 ranks under torch.distributed: then the missing rows are computed from the queue's storage).
 
+On the CPU (`neighbour_search="auto"`, the default there, or "scan") the lists of all N + M rows come from
+a kernel instead (`ssml_fast::_contextual_cache_neighbours`): an exact scan of each row's cached similarities
+with a k-entry buffer, ~10 ms at M = 4096 against ~85 ms for the kept lists' merge and upkeep in PyTorch ops
+(which exist because a torch.topk over the M x (N + M) similarities costs more still). The kept lists are then
+not maintained; they are rebuilt from the cache if the lists path is used later (another device, k > 64).
+Both paths give the same lists (tested).
+
 Same rule as the fused op for the neighbour lists, over the columns U = [batch rows; memory slots in slot
 order]: i itself, then the rows sharing its id, then descending similarity (= ascending distance of unit
 rows), equal similarities to the lower column. Memory slots in `dead` (entries sharing an id with the batch,
@@ -36,6 +43,8 @@ _NEG = float("-inf")
 _EMPTY = -4.0
 LIST_SIZE = 32  # nearest memory slots kept per slot between steps (k = 10 takes at most 10 of them)
 NEW_TAKE = 8    # new slots one enqueue may add to a list (more than that beating the cut raises the cut)
+SEARCHES = ("auto", "scan", "lists")
+_SCAN_MAX_K = 64  # the kernel's per-row buffer
 
 
 class ContextualCache(nn.Module):
@@ -47,9 +56,12 @@ class ContextualCache(nn.Module):
     from the memory rows it is given.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, neighbour_search: str = "auto"):
         super().__init__()
         size = _validation.check_size("size", size)
+        # "scan": the CPU kernel's exact scan every step; "lists": the kept lists (PyTorch, any device);
+        # "auto": scan for CPU tensors (k <= 64), lists elsewhere.
+        self.neighbour_search = _validation.check_choice("neighbour_search", neighbour_search, SEARCHES)
         self.register_buffer("gram", torch.zeros(size, size))
         # 1 / ||t_s|| per slot: the batch's block is (t^ @ mem_t^T) * inv_norm, with no per-step normalised copy
         # of the memory (4096 x 1024 read and written twice).
@@ -61,6 +73,8 @@ class ContextualCache(nn.Module):
         self.register_buffer("nbr_cut", torch.full((size,), _EMPTY))
         self._state: tuple[int, int] | None = None  # (ptr, count) of the queue the cache matches
         self._block = None                          # this step's (G_bb, G_bm, (ptr, count)) for `enqueued`
+        self._lists_fresh = True                    # nbr_* match the cache (not kept while the scan is used)
+        self._scanning = False                      # the last `weights` used the scan
 
     @property
     def size(self) -> int:
@@ -68,6 +82,14 @@ class ContextualCache(nn.Module):
 
     def invalidate(self) -> None:
         self._state, self._block = None, None
+
+    def _scan(self, device: torch.device, k: int) -> bool:
+        if self.neighbour_search == "scan":
+            if device.type != "cpu" or k > _SCAN_MAX_K:
+                raise ValueError(f"neighbour_search='scan' needs CPU tensors and k <= {_SCAN_MAX_K}, got "
+                                 f"{device.type} and k={k}")
+            return True
+        return self.neighbour_search == "auto" and device.type == "cpu" and k <= _SCAN_MAX_K
 
     @torch.no_grad()
     def weights(self, batch_t: torch.Tensor, ids: torch.Tensor, mem_t: torch.Tensor, mem_ids: torch.Tensor,
@@ -89,12 +111,17 @@ class ContextualCache(nn.Module):
         mem_t = mem_t.detach().float()
         if dead is None:
             dead = torch.isin(mem_ids, ids)
+        scan = self._scan(dev, k)
         if self._state != tuple(queue_state):  # out of step: one full GEMM, then incremental again
             self.inv_norm[:count] = _inv_norm(mem_t)
             unit = mem_t * self.inv_norm[:count, None]
             self.gram[:count, :count] = _symmetric(unit @ unit.T)
-            self._rebuild_lists(torch.arange(count, device=dev), count)
+            self._lists_fresh = False
             self._state = tuple(queue_state)
+        if not scan and not self._lists_fresh:  # the scan ran before (or the cache was rebuilt): lists anew
+            self._rebuild_lists(torch.arange(count, device=dev), count)
+            self._lists_fresh = True
+        self._scanning = scan
         g_bb = _symmetric(t @ t.T)
         g_bm = (t @ mem_t.T).mul_(self.inv_norm[:count])
         self._block = (g_bb, g_bm, tuple(queue_state))
@@ -104,7 +131,10 @@ class ContextualCache(nn.Module):
         g_rows = torch.cat([g_bb, g_bm], dim=1)  # the batch rows over U
         d2 = (2.0 - 2.0 * g_rows).clamp_min_(0.0)
         d2[torch.arange(n, device=dev), torch.arange(n, device=dev)] = 0.0
-        nn_u = self._neighbour_lists(g_bb, g_bm, g_rows, count, ids_u, dead, k)  # masks g_rows in place
+        if scan:
+            nn_u = torch.ops.ssml_fast._contextual_cache_neighbours(g_bb, g_bm, self.gram, count, ids_u, dead, k)
+        else:
+            nn_u = self._neighbour_lists(g_bb, g_bm, g_rows, count, ids_u, dead, k)  # masks g_rows in place
         w = contextual_similarity_rows(nn_u, d2, sigma)
         live = ~dead
         keep_cols = torch.cat([torch.ones(n, dtype=torch.bool, device=dev), live])
@@ -138,7 +168,10 @@ class ContextualCache(nn.Module):
             g[:, slots] = _symmetric(g[:, slots])
             self.gram[slots, :count_after] = g
             self.gram[:count_after, slots] = g.T
-        self._update_lists(slots, count_after)
+        if self._lists_fresh and not self._scanning:
+            self._update_lists(slots, count_after)
+        else:  # the scan needs no lists: they are rebuilt if the lists path runs again
+            self._lists_fresh = False
         self._state = tuple(queue_state)
 
     def _rebuild_lists(self, rows: torch.Tensor, count: int) -> None:
@@ -199,11 +232,15 @@ class ContextualCache(nn.Module):
         self._rebuild_lists(slots, count)
 
     def get_extra_state(self):
-        return {"state": None if self._state is None else list(self._state)}
+        return {"state": None if self._state is None else list(self._state), "lists_fresh": self._lists_fresh,
+                "scanning": self._scanning}
 
     def set_extra_state(self, state):
         st = state.get("state") if isinstance(state, dict) else None
         self._state, self._block = (None if st is None else (int(st[0]), int(st[1]))), None
+        # Checkpoints from before the scan existed always kept their lists.
+        self._lists_fresh = bool(state.get("lists_fresh", True)) if isinstance(state, dict) else True
+        self._scanning = bool(state.get("scanning", False)) if isinstance(state, dict) else False
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -217,7 +254,8 @@ class ContextualCache(nn.Module):
                                       error_msgs)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, list_size={LIST_SIZE}, in_step={self._state is not None}"
+        return (f"size={self.size}, neighbour_search={self.neighbour_search!r}, list_size={LIST_SIZE}, "
+                f"in_step={self._state is not None}")
 
     def _neighbour_lists(self, g_bb, g_bm, g_rows, count, ids_u, dead, k):
         """(N + count, k) neighbour lists over U in rank order (see the module docstring). g_rows: the batch

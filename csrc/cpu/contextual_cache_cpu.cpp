@@ -1,0 +1,187 @@
+// _contextual_cache_neighbours (CPU): the neighbour lists N_k of every row of U = [batch; memory slots] for
+// stml_memory's ContextualCache, by an exact scan of each row's cached similarities.
+//
+// The rule is the fused contextual op's: row i's list is i itself, then the rows sharing its id (by
+// similarity descending, equal similarities to the lower column), then the other live rows the same way;
+// memory slots marked dead take part in nothing, except to fill a list that has fewer than k live
+// candidates (then after every live one, in the same order), as ContextualCache's exact fallback does.
+//
+// Why a scan: ContextualCache's PyTorch path keeps each slot's 32 nearest slots between steps and merges in
+// the batch's columns, because a torch.topk over the (M, N + M) similarities every step costs ~80 ms at
+// M = 4096; keeping the lists up to date took ~85 ms of its own. A streaming scan with a k-entry insertion
+// buffer reads the 64 MB cache once and skips whole chunks whose maximum cannot enter the buffer: ~10 ms.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+namespace ssml_fast {
+namespace {
+
+// The best `cap` (similarity, column) pairs seen, best first; a candidate enters only when strictly better
+// than the worst kept one, so among equal similarities the first seen (the lower column) stays.
+struct TopBuffer {
+  int64_t cap = 0, size = 0;
+  float val[64];
+  int64_t col[64];
+  float cut() const { return size < cap ? -std::numeric_limits<float>::infinity() : val[cap - 1]; }
+  void offer(float v, int64_t c) {
+    if (size == cap && !(v > val[cap - 1])) return;
+    int64_t p = size < cap ? size++ : cap - 1;
+    while (p > 0 && v > val[p - 1]) {
+      val[p] = val[p - 1], col[p] = col[p - 1];
+      --p;
+    }
+    val[p] = v, col[p] = c;
+  }
+};
+
+constexpr int64_t kChunk = 16;
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+// Does any of the 16 floats at p exceed cut? Two AVX compares (a float max reduction does not vectorise
+// without fast-math, and its 16-step dependency chain was most of the scan's time).
+__attribute__((target("avx2"))) bool chunk_exceeds_avx2(const float* p, float cut) {
+  const __m256 c = _mm256_set1_ps(cut);
+  const __m256 a = _mm256_cmp_ps(_mm256_loadu_ps(p), c, _CMP_GT_OQ);
+  const __m256 b = _mm256_cmp_ps(_mm256_loadu_ps(p + 8), c, _CMP_GT_OQ);
+  return _mm256_movemask_ps(_mm256_or_ps(a, b)) != 0;
+}
+bool has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2");
+  return ok;
+}
+#else
+bool chunk_exceeds_avx2(const float*, float) { return true; }
+bool has_avx2() { return false; }
+#endif
+
+bool chunk_exceeds(const float* p, float cut, bool avx2) {
+  if (avx2) return chunk_exceeds_avx2(p, cut);
+  int hit = 0;
+  for (int64_t q = 0; q < kChunk; ++q) hit |= p[q] > cut;
+  return hit != 0;
+}
+
+// Offers the entries of sims[0, len) (columns col0 + t) that pass `keep`, skipping 16-wide chunks with no
+// entry above the buffer's cut (the common case once the buffer is full).
+template <typename Keep>
+void scan(const float* sims, int64_t len, int64_t col0, TopBuffer& buf, Keep keep) {
+  const bool avx2 = has_avx2();
+  int64_t t = 0;
+  for (; t + kChunk <= len; t += kChunk) {
+    if (!chunk_exceeds(sims + t, buf.cut(), avx2)) continue;
+    for (int64_t q = t; q < t + kChunk; ++q)
+      if (sims[q] > buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
+  }
+  for (; t < len; ++t)
+    if (sims[t] > buf.cut() && keep(col0 + t)) buf.offer(sims[t], col0 + t);
+}
+
+at::Tensor contextual_cache_neighbours_cpu(const at::Tensor& g_bb_in, const at::Tensor& g_bm_in,
+                                           const at::Tensor& gram, int64_t count, const at::Tensor& ids_in,
+                                           const at::Tensor& dead_in, int64_t k) {
+  TORCH_CHECK_TYPE(g_bb_in.scalar_type() == at::kFloat && g_bm_in.scalar_type() == at::kFloat &&
+                       gram.scalar_type() == at::kFloat,
+                   "g_bb, g_bm and gram must be float32");
+  TORCH_CHECK_VALUE(g_bb_in.dim() == 2 && g_bb_in.size(0) == g_bb_in.size(1), "g_bb must be (n, n), got ",
+                    g_bb_in.sizes());
+  const int64_t n = g_bb_in.size(0), u = n + count;
+  TORCH_CHECK_VALUE(g_bm_in.dim() == 2 && g_bm_in.size(0) == n && g_bm_in.size(1) == count, "g_bm must be (", n,
+                    ", ", count, "), got ", g_bm_in.sizes());
+  TORCH_CHECK_VALUE(gram.dim() == 2 && gram.size(0) == gram.size(1) && gram.size(0) >= count && count >= 0 &&
+                        gram.is_contiguous(),
+                    "gram must be a contiguous square buffer of at least count = ", count, " rows, got ",
+                    gram.sizes());
+  TORCH_CHECK_VALUE(ids_in.dim() == 1 && ids_in.size(0) == u && ids_in.scalar_type() == at::kLong,
+                    "ids must be int64 of length n + count = ", u);
+  TORCH_CHECK_VALUE(dead_in.dim() == 1 && dead_in.size(0) == count && dead_in.scalar_type() == at::kBool,
+                    "dead must be bool of length count = ", count);
+  TORCH_CHECK_VALUE(k >= 1 && k <= u && k <= 64, "k must be in [1, min(64, n + count)], got ", k);
+  // g_bm^T (count, n): a memory row's batch columns contiguous (one blocked transpose, instead of n loads
+  // 16 KB apart per memory row).
+  const at::Tensor g_bb = g_bb_in.contiguous(), g_bm = g_bm_in.contiguous(), g_mb = g_bm_in.t().contiguous();
+  const at::Tensor ids_t = ids_in.contiguous(), dead_t = dead_in.contiguous();
+  const float* GB = g_bb.const_data_ptr<float>();
+  const float* GM = g_bm.const_data_ptr<float>();
+  const float* GT = g_mb.const_data_ptr<float>();
+  const float* GC = gram.const_data_ptr<float>();
+  const int64_t ld = gram.size(1);
+  const int64_t* ids = ids_t.const_data_ptr<int64_t>();
+  const bool* dead = dead_t.const_data_ptr<bool>();
+
+  // Rows sharing an id: U sorted by (id, index), each row's group a run of it.
+  std::vector<int64_t> order(u);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+  std::vector<int64_t> run_start(u), run_end(u);
+  for (int64_t s = 0; s < u;) {
+    int64_t e = s + 1;
+    while (e < u && ids[order[e]] == ids[order[s]]) ++e;
+    for (int64_t t = s; t < e; ++t) run_start[order[t]] = s, run_end[order[t]] = e;
+    s = e;
+  }
+  auto sim = [&](int64_t i, int64_t j) -> float {
+    if (i < n) return j < n ? GB[i * n + j] : GM[i * count + (j - n)];
+    return j < n ? GT[(i - n) * n + j] : GC[(i - n) * ld + (j - n)];
+  };
+  auto is_dead = [&](int64_t j) { return j >= n && dead[j - n]; };
+
+  at::Tensor out = at::empty({u, k}, ids_t.options());
+  int64_t* O = out.data_ptr<int64_t>();
+  at::parallel_for(0, u, 64, [&](int64_t b, int64_t e) {
+    std::vector<std::pair<float, int64_t>> forced;
+    for (int64_t i = b; i < e; ++i) {
+      int64_t* list = O + i * k;
+      // Forced: i, then its id's other live rows by (similarity desc, column asc).
+      forced.clear();
+      for (int64_t t = run_start[i]; t < run_end[i]; ++t) {
+        const int64_t j = order[t];
+        if (j != i && !is_dead(j)) forced.emplace_back(sim(i, j), j);
+      }
+      std::sort(forced.begin(), forced.end(), [](const auto& a, const auto& c) {
+        return a.first != c.first ? a.first > c.first : a.second < c.second;
+      });
+      int64_t pos = 0;
+      list[pos++] = i;
+      for (size_t t = 0; t < forced.size() && pos < k; ++t) list[pos++] = forced[t].second;
+      if (pos == k) continue;
+      // The rest: the best of the other live rows, scanned in column order.
+      TopBuffer buf;
+      buf.cap = k - pos;
+      const int64_t id = ids[i];
+      auto live_other = [&](int64_t j) { return ids[j] != id && !is_dead(j); };
+      const float* mem_row;
+      if (i < n) {
+        scan(GB + i * n, n, 0, buf, live_other);
+        mem_row = GM + i * count;
+      } else {
+        scan(GT + (i - n) * n, n, 0, buf, live_other);
+        mem_row = GC + (i - n) * ld;
+      }
+      scan(mem_row, count, n, buf, live_other);
+      for (int64_t t = 0; t < buf.size; ++t) list[pos++] = buf.col[t];
+      if (pos == k) continue;
+      // Fewer than k live rows: the dead ones (not i) fill the list in the same order.
+      TopBuffer rest;
+      rest.cap = k - pos;
+      auto dead_other = [&](int64_t j) { return j != i && is_dead(j); };
+      scan(mem_row, count, n, rest, dead_other);
+      for (int64_t t = 0; t < rest.size; ++t) list[pos++] = rest.col[t];
+      TORCH_CHECK_VALUE(pos == k, "row ", i, " has fewer than k = ", k, " other rows");
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssml_fast, CPU, m) { m.impl("_contextual_cache_neighbours", &contextual_cache_neighbours_cpu); }
+
+}  // namespace ssml_fast
