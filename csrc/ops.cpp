@@ -67,10 +67,10 @@ TORCH_LIBRARY(ssml_fast, m) {
   // PyTorch version of contextual_similarity_rows, which gives the same values.
   m.def("_contextual_expansion_rows(Tensor neighbours, int rows, ScalarType dtype) -> Tensor");
   // ContextualCache's neighbour lists (u = n + count, k) of [batch; memory slots] from the batch's similarity
-  // blocks g_bb (n, n), g_bm (n, count) and the cached slot Gram gram[:count, :count], ids (u,), dead (count,).
-  // CPU only: other devices keep the cache's PyTorch list path.
-  m.def("_contextual_cache_neighbours(Tensor g_bb, Tensor g_bm, Tensor gram, int count, Tensor ids, Tensor dead, "
-        "int k) -> Tensor");
+  // blocks g_bb (n, n), g_bm (n, count) and its transpose g_mb (count, n), the cached slot Gram
+  // gram[:count, :count], ids (u,), dead (count,). CPU only: other devices keep the cache's PyTorch list path.
+  m.def("_contextual_cache_neighbours(Tensor g_bb, Tensor g_bm, Tensor g_mb, Tensor gram, int count, Tensor ids, "
+        "Tensor dead, int k) -> Tensor");
 
   // ---- STML's loss terms (ssml_fast/losses: RelaxedContrastiveLoss, SelfDistillationKL, STMLLoss). ----
   // Every matrix is (n, c), c >= n, float32/float64: rows of a batch against [batch; other columns], so

@@ -123,8 +123,9 @@ def _add_config_arguments(p) -> None:
 
 def _add_allocator_argument(p) -> None:
     p.add_argument("--keep-freed-memory", choices=["on", "off"], default="on",
-                   help="glibc malloc keeps freed blocks for reuse instead of unmapping them: no page faults per "
-                   "step (~1.7x faster CPU steps here; default on)")
+                   help="glibc malloc keeps freed blocks for reuse instead of unmapping them, so steps do not "
+                   "page-fault (how much that costs otherwise depends on the process's allocation history; "
+                   "default on)")
 
 
 def _train_setup(args):

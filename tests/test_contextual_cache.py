@@ -172,8 +172,8 @@ def test_scan_kernel_lists_follow_the_rule_and_fill_with_dead_slots():
     gram[:count, :count] = sims[n:, n:]
     ids = torch.tensor([0, 1, 0, 2, 3, 4, 10, 11, 10, -1, -2, -3, -4, -5, 12])
     dead = torch.tensor([False, False, False, True, True, True, True, True, False])
-    out = torch.ops.ssml_fast._contextual_cache_neighbours(sims[:n, :n].contiguous(), sims[:n, n:].contiguous(),
-                                                          gram, count, ids, dead, k)
+    blocks = (sims[:n, :n].contiguous(), sims[:n, n:].contiguous(), sims[n:, :n].contiguous())
+    out = torch.ops.ssml_fast._contextual_cache_neighbours(*blocks, gram, count, ids, dead, k)
     dead_u = torch.cat([torch.zeros(n, dtype=torch.bool), dead])
     for i in range(n + count):
         key = []
@@ -183,9 +183,8 @@ def test_scan_kernel_lists_follow_the_rule_and_fill_with_dead_slots():
         want = [j for *_, j in sorted(key)][:k]
         assert out[i].tolist() == want, i
     with pytest.raises(ValueError, match="k must be"):
-        torch.ops.ssml_fast._contextual_cache_neighbours(sims[:n, :n].contiguous(), sims[:n, n:].contiguous(), gram,
-                                                         count, ids, dead, 65)
+        torch.ops.ssml_fast._contextual_cache_neighbours(*blocks, gram, count, ids, dead, 65)
     with pytest.raises(ValueError, match="neighbour_search"):
         ContextualCache(8, neighbour_search="fast")
-    torch.library.opcheck(torch.ops.ssml_fast._contextual_cache_neighbours.default,
-                          (sims[:n, :n].contiguous(), sims[:n, n:].contiguous(), gram, count, ids, dead, k))
+    op = torch.ops.ssml_fast._contextual_cache_neighbours.default
+    torch.library.opcheck(op, (*blocks, gram, count, ids, dead, k))

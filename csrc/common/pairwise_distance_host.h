@@ -33,6 +33,8 @@ struct DistanceEpilogues {
   at::Tensor (*grad_coef)(const at::Tensor& grad, const at::Tensor& dist, Metric metric);
   // x x^T (n, n) for x against itself: the CPU computes only the lower triangle (cpu/symmetric_gram.h).
   at::Tensor (*gram)(const at::Tensor& x);
+  // (n,) squared row norms of a contiguous (n, d) x (the CPU: one pass, no n x d temporary).
+  at::Tensor (*sq_norms)(const at::Tensor& x);
 };
 
 inline void check_pairwise_args(const at::Tensor& x, const at::Tensor& y) {
@@ -76,8 +78,8 @@ inline at::Tensor pairwise_distance_impl(const at::Tensor& x_in, const at::Tenso
     gram = same ? ep.gram(x) : at::mm(x, y.t());
     // x against itself: the squared norms are the Gram's diagonal, so d_ii comes out 0 from the same
     // roundings as every d_ij (and no n x d pass for x * x).
-    const at::Tensor sq_x = same ? gram.diagonal().clone() : (x * x).sum(1);
-    ep.to_distance(gram, sq_x, same ? sq_x : (y * y).sum(1), x, y, metric);  // x against itself: once
+    const at::Tensor sq_x = same ? gram.diagonal().clone() : ep.sq_norms(x);
+    ep.to_distance(gram, sq_x, same ? sq_x : ep.sq_norms(y), x, y, metric);  // x against itself: once
   }
   // d(x_i, x_i) is exactly 0, but the GEMM form rounds it to ~1e-8: pin it when y is x. The gradient
   // there is 0 for every metric, which distance_grad_coef (and the cosine projection) already give.

@@ -85,7 +85,8 @@ void scan(const float* sims, int64_t len, int64_t col0, TopBuffer& buf, Keep kee
 }
 
 at::Tensor contextual_cache_neighbours_cpu(const at::Tensor& g_bb_in, const at::Tensor& g_bm_in,
-                                           const at::Tensor& gram, int64_t count, const at::Tensor& ids_in,
+                                           const at::Tensor& g_mb_in, const at::Tensor& gram, int64_t count,
+                                           const at::Tensor& ids_in,
                                            const at::Tensor& dead_in, int64_t k) {
   TORCH_CHECK_TYPE(g_bb_in.scalar_type() == at::kFloat && g_bm_in.scalar_type() == at::kFloat &&
                        gram.scalar_type() == at::kFloat,
@@ -104,9 +105,12 @@ at::Tensor contextual_cache_neighbours_cpu(const at::Tensor& g_bb_in, const at::
   TORCH_CHECK_VALUE(dead_in.dim() == 1 && dead_in.size(0) == count && dead_in.scalar_type() == at::kBool,
                     "dead must be bool of length count = ", count);
   TORCH_CHECK_VALUE(k >= 1 && k <= u && k <= 64, "k must be in [1, min(64, n + count)], got ", k);
-  // g_bm^T (count, n): a memory row's batch columns contiguous (one blocked transpose, instead of n loads
-  // 16 KB apart per memory row).
-  const at::Tensor g_bb = g_bb_in.contiguous(), g_bm = g_bm_in.contiguous(), g_mb = g_bm_in.t().contiguous();
+  // g_mb = g_bm^T (count, n), given by the caller (it writes the cache's columns from it too): a memory row's
+  // batch columns contiguous, instead of n loads 16 KB apart per memory row.
+  TORCH_CHECK_VALUE(g_mb_in.dim() == 2 && g_mb_in.size(0) == count && g_mb_in.size(1) == n &&
+                        g_mb_in.scalar_type() == at::kFloat,
+                    "g_mb must be float32 (", count, ", ", n, "), got ", g_mb_in.sizes());
+  const at::Tensor g_bb = g_bb_in.contiguous(), g_bm = g_bm_in.contiguous(), g_mb = g_mb_in.contiguous();
   const at::Tensor ids_t = ids_in.contiguous(), dead_t = dead_in.contiguous();
   const float* GB = g_bb.const_data_ptr<float>();
   const float* GM = g_bm.const_data_ptr<float>();

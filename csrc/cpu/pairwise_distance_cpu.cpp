@@ -5,6 +5,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
@@ -63,7 +64,30 @@ at::Tensor grad_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric 
   return h;
 }
 
-constexpr DistanceEpilogues kCpuEpilogues{to_distance_cpu, grad_coef_cpu, symmetric_gram_cpu};
+// Sum of squares of each row over eight fixed lanes (vectorised, and the same order for any thread count),
+// reading x once: (x * x).sum(1) writes and rereads an n x d temporary, ~8 ms for a 4096 x 1024 memory.
+at::Tensor sq_norms_cpu(const at::Tensor& x) {
+  const int64_t n = x.size(0), d = x.size(1);
+  at::Tensor out = at::empty({n}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sq_norms_cpu", [&] {
+    const scalar_t* X = x.const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t* row = X + i * d;
+        scalar_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t t = 0;
+        for (; t + 8 <= d; t += 8)
+          for (int q = 0; q < 8; ++q) lane[q] += row[t + q] * row[t + q];
+        for (int q = 0; t < d; ++t, ++q) lane[q] += row[t] * row[t];
+        o[i] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+      }
+    });
+  });
+  return out;
+}
+
+constexpr DistanceEpilogues kCpuEpilogues{to_distance_cpu, grad_coef_cpu, symmetric_gram_cpu, sq_norms_cpu};
 
 at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, c10::string_view metric) {
   return pairwise_distance_impl(x, y, parse_metric(metric), kCpuEpilogues);

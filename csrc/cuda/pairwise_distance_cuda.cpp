@@ -2,6 +2,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/sum.h>
+#include <ATen/TensorOperators.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -40,7 +42,9 @@ at::Tensor grad_coef_cuda(const at::Tensor& grad, const at::Tensor& dist, Metric
 // cuBLAS has SYRK, but at n of a few hundred a full GEMM is as fast on a GPU: the plain product.
 at::Tensor gram_cuda(const at::Tensor& x) { return at::mm(x, x.t()); }
 
-constexpr DistanceEpilogues kCudaEpilogues{to_distance_cuda, grad_coef_cuda, gram_cuda};
+at::Tensor sq_norms_cuda(const at::Tensor& x) { return (x * x).sum(1); }
+
+constexpr DistanceEpilogues kCudaEpilogues{to_distance_cuda, grad_coef_cuda, gram_cuda, sq_norms_cuda};
 
 at::Tensor pairwise_distance_cuda(const at::Tensor& x, const at::Tensor& y, c10::string_view metric) {
   check_pairwise_args(x, y);  // before the guard: a CPU tensor here must raise a clear error

@@ -70,7 +70,7 @@ def _expansion_rows_fake(neighbours, rows, dtype):
 
 
 @torch.library.register_fake("ssml_fast::_contextual_cache_neighbours")
-def _cache_neighbours_fake(g_bb, g_bm, gram, count, ids, dead, k):
+def _cache_neighbours_fake(g_bb, g_bm, g_mb, gram, count, ids, dead, k):
     # the neighbour lists of ContextualCache's CPU scan (ssml_fast/memory/contextual_cache.py)
     return ids.new_empty((g_bb.shape[0] + count, k))
 
