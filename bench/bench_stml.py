@@ -32,9 +32,12 @@ from contextual_workloads import row_loop  # noqa: E402
 from ssml_fast.data import load_dataset  # noqa: E402
 from ssml_fast.losses import STMLLoss  # noqa: E402
 from ssml_fast.methods import Batch, get_method, make_config  # noqa: E402
-from ssml_fast.train import build_optimizer, data_info  # noqa: E402
+from ssml_fast.train import build_optimizer, data_info, keep_freed_memory  # noqa: E402
 
 THREADS = int(os.environ.get("SSML_BENCH_THREADS", "1"))
+# "trainer" (default): freed host memory kept, as the Trainer does (ssml_fast/train/allocator.py), so no variant
+# pays page faults whose number depends on what the process allocated before; "default": glibc's settings.
+MALLOC = os.environ.get("SSML_BENCH_MALLOC", "trainer")
 ROUNDS = int(os.environ.get("SSML_BENCH_ROUNDS", "15"))
 
 
@@ -89,6 +92,10 @@ class _Step:
 
 def run(write: bool = True) -> dict:
     torch.set_num_threads(THREADS)
+    if MALLOC not in ("trainer", "default"):
+        raise ValueError(f"SSML_BENCH_MALLOC must be trainer or default, got {MALLOC!r}")
+    if MALLOC == "trainer":
+        keep_freed_memory()
     split = load_dataset("mnist5k", seed=0)
     step = _Step("stml", split)
     m = step.m
@@ -163,7 +170,8 @@ def _write(r: dict) -> None:
 
 Run: `.venv/bin/python bench/bench_stml.py`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 2-core VM, CPU,
 torch {torch.__version__}, {THREADS} thread(s), {ROUNDS} round-robin rounds, load average {load:.1f} at the end
-(a shared machine: read the ratios). STML `small` preset with g = 1024 (teacher d = 1024), N = 240 embeddings
+(a shared machine: read the ratios). Host allocator: {"freed memory kept, as the Trainer does" if MALLOC == "trainer"
+else "glibc defaults"} (SSML_BENCH_MALLOC={MALLOC}). STML `small` preset with g = 1024 (teacher d = 1024), N = 240 embeddings
 (24 queries x 5 neighbours x 2 views), f = 256.
 
 | what | median ms | ratio | target |

@@ -159,29 +159,50 @@ def test_scan_and_lists_give_identical_targets_and_switch_over():
             cache.enqueued(ptr, 16, queue.view()[0], (queue.ptr, queue.count))
 
 
-def test_scan_kernel_lists_follow_the_rule_and_fill_with_dead_slots():
-    """The kernel's lists against a plain sort by (self, same id, similarity desc, column asc), dead slots
-    last, on a memory where most slots are dead (fewer live rows than k)."""
-    g = torch.Generator().manual_seed(4)
-    n, count, k = 6, 9, 8
+def _rule_lists(sims, ids, dead_u, k):
+    """The lists by a plain sort of every row on (self, same live id, similarity desc, column asc), dead last."""
+    u = sims.shape[0]
+    out = []
+    for i in range(u):
+        group = torch.full((u,), 2)
+        group[(ids == ids[i]) & ~dead_u] = 1
+        group[dead_u] = 3
+        group[i] = 0
+        order = sorted(range(u), key=lambda j: (int(group[j]), -float(sims[i, j]), j))
+        out.append(order[:k])
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("n,count,k,levels,dead_frac", [(6, 9, 8, None, 0.5), (20, 700, 10, None, 0.05),
+                                                         (20, 700, 10, 3, 0.05), (16, 300, 12, None, 0.97)])
+def test_scan_kernel_lists_follow_the_rule_and_fill_with_dead_slots(n, count, k, levels, dead_frac):
+    """The kernel's lists against a plain sort: small memories, a large one (its pruned scan), quantised rows
+    (exact ties everywhere), and a memory so dead that lists are filled with dead slots."""
+    g = torch.Generator().manual_seed(n + count)
     x = F.normalize(torch.randn(n + count, 5, generator=g), dim=1)
+    if levels is not None:
+        x = F.normalize(torch.round(x * levels), dim=1)  # few distinct rows: equal similarities
     x[3] = x[1]  # an exact copy: equal similarities, the lower column first
     sims = x @ x.T
     sims = torch.triu(sims) + torch.triu(sims, 1).T  # exactly symmetric, as the cache's blocks
-    gram = torch.zeros(12, 12)
+    gram = torch.zeros(count + 3, count + 3)
     gram[:count, :count] = sims[n:, n:]
-    ids = torch.tensor([0, 1, 0, 2, 3, 4, 10, 11, 10, -1, -2, -3, -4, -5, 12])
-    dead = torch.tensor([False, False, False, True, True, True, True, True, False])
+    ids = torch.randint(0, (n + count) // 2, (n + count,), generator=g)
+    dead = torch.rand(count, generator=g) < dead_frac
+    ids[n:][dead] = -1 - torch.arange(int(dead.sum()))  # dead slots: ids of their own, as the cache gives them
     blocks = (sims[:n, :n].contiguous(), sims[:n, n:].contiguous(), sims[n:, :n].contiguous())
     out = torch.ops.ssml_fast._contextual_cache_neighbours(*blocks, gram, count, ids, dead, k)
     dead_u = torch.cat([torch.zeros(n, dtype=torch.bool), dead])
-    for i in range(n + count):
-        key = []
-        for j in range(n + count):
-            group = 0 if j == i else 1 if ids[j] == ids[i] and not dead_u[j] else 3 if dead_u[j] else 2
-            key.append((group, -float(sims[i, j]), j))
-        want = [j for *_, j in sorted(key)][:k]
-        assert out[i].tolist() == want, i
+    want = _rule_lists(sims, ids, dead_u, k)
+    assert torch.equal(out, want), (out != want).any(1).nonzero()[:5]
+
+
+def test_scan_kernel_bad_arguments_and_opcheck():
+    n, count, k = 4, 6, 3
+    sims = F.normalize(torch.randn(n + count, 3), dim=1) @ F.normalize(torch.randn(n + count, 3), dim=1).T
+    sims = torch.triu(sims) + torch.triu(sims, 1).T
+    blocks = (sims[:n, :n].contiguous(), sims[:n, n:].contiguous(), sims[n:, :n].contiguous())
+    gram, ids, dead = sims[n:, n:].contiguous(), torch.arange(n + count), torch.zeros(count, dtype=torch.bool)
     with pytest.raises(ValueError, match="k must be"):
         torch.ops.ssml_fast._contextual_cache_neighbours(*blocks, gram, count, ids, dead, 65)
     with pytest.raises(ValueError, match="neighbour_search"):

@@ -23,17 +23,22 @@
 namespace ssml_fast {
 namespace {
 
-// The best `cap` (similarity, column) pairs seen, best first; a candidate enters only when strictly better
-// than the worst kept one, so among equal similarities the first seen (the lower column) stays.
+// (value, column) a ranks before (value, column) b: higher similarity, then the lower column. A total order,
+// so the best `cap` of a set do not depend on the order they are offered in (rows offer their memory columns
+// before their batch columns, so that the memory part's high cut prunes the batch part).
+inline bool ranks_before(float va, int64_t ca, float vb, int64_t cb) { return va > vb || (va == vb && ca < cb); }
+
+// The best `cap` (similarity, column) pairs offered, best first.
 struct TopBuffer {
   int64_t cap = 0, size = 0;
   float val[64];
   int64_t col[64];
+  // Entries below cut() cannot enter (equal ones may, with a lower column).
   float cut() const { return size < cap ? -std::numeric_limits<float>::infinity() : val[cap - 1]; }
   void offer(float v, int64_t c) {
-    if (size == cap && !(v > val[cap - 1])) return;
+    if (size == cap && !ranks_before(v, c, val[cap - 1], col[cap - 1])) return;
     int64_t p = size < cap ? size++ : cap - 1;
-    while (p > 0 && v > val[p - 1]) {
+    while (p > 0 && ranks_before(v, c, val[p - 1], col[p - 1])) {
       val[p] = val[p - 1], col[p] = col[p - 1];
       --p;
     }
@@ -45,12 +50,12 @@ constexpr int64_t kChunk = 16;
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-// Does any of the 16 floats at p exceed cut? Two AVX compares (a float max reduction does not vectorise
+// Does any of the 16 floats at p reach cut? Two AVX compares (a float max reduction does not vectorise
 // without fast-math, and its 16-step dependency chain was most of the scan's time).
 __attribute__((target("avx2"))) bool chunk_exceeds_avx2(const float* p, float cut) {
   const __m256 c = _mm256_set1_ps(cut);
-  const __m256 a = _mm256_cmp_ps(_mm256_loadu_ps(p), c, _CMP_GT_OQ);
-  const __m256 b = _mm256_cmp_ps(_mm256_loadu_ps(p + 8), c, _CMP_GT_OQ);
+  const __m256 a = _mm256_cmp_ps(_mm256_loadu_ps(p), c, _CMP_GE_OQ);
+  const __m256 b = _mm256_cmp_ps(_mm256_loadu_ps(p + 8), c, _CMP_GE_OQ);
   return _mm256_movemask_ps(_mm256_or_ps(a, b)) != 0;
 }
 bool has_avx2() {
@@ -65,12 +70,12 @@ bool has_avx2() { return false; }
 bool chunk_exceeds(const float* p, float cut, bool avx2) {
   if (avx2) return chunk_exceeds_avx2(p, cut);
   int hit = 0;
-  for (int64_t q = 0; q < kChunk; ++q) hit |= p[q] > cut;
+  for (int64_t q = 0; q < kChunk; ++q) hit |= p[q] >= cut;
   return hit != 0;
 }
 
 // Offers the entries of sims[0, len) (columns col0 + t) that pass `keep`, skipping 16-wide chunks with no
-// entry above the buffer's cut (the common case once the buffer is full).
+// entry reaching the buffer's cut (the common case once the buffer is full).
 template <typename Keep>
 void scan(const float* sims, int64_t len, int64_t col0, TopBuffer& buf, Keep keep) {
   const bool avx2 = has_avx2();
@@ -78,10 +83,72 @@ void scan(const float* sims, int64_t len, int64_t col0, TopBuffer& buf, Keep kee
   for (; t + kChunk <= len; t += kChunk) {
     if (!chunk_exceeds(sims + t, buf.cut(), avx2)) continue;
     for (int64_t q = t; q < t + kChunk; ++q)
-      if (sims[q] > buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
+      if (sims[q] >= buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
   }
   for (; t < len; ++t)
-    if (sims[t] > buf.cut() && keep(col0 + t)) buf.offer(sims[t], col0 + t);
+    if (sims[t] >= buf.cut() && keep(col0 + t)) buf.offer(sims[t], col0 + t);
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// out[c] = max over chunk c (16 floats) of row[j] + penalty[j] (penalty -inf for dead columns, else 0).
+__attribute__((target("avx2"))) void chunk_maxima_avx2(const float* row, const float* penalty, int64_t chunks,
+                                                      float* out) {
+  for (int64_t c = 0; c < chunks; ++c) {
+    const float* p = row + c * kChunk;
+    const float* q = penalty + c * kChunk;
+    __m256 m = _mm256_max_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(q)),
+                             _mm256_add_ps(_mm256_loadu_ps(p + 8), _mm256_loadu_ps(q + 8)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    out[c] = _mm_cvtss_f32(h);
+  }
+}
+#else
+void chunk_maxima_avx2(const float*, const float*, int64_t, float*) {}
+#endif
+
+void chunk_maxima(const float* row, const float* penalty, int64_t chunks, float* out, bool avx2) {
+  if (avx2) return chunk_maxima_avx2(row, penalty, chunks, out);
+  for (int64_t c = 0; c < chunks; ++c) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t q = c * kChunk; q < (c + 1) * kChunk; ++q) m = std::max(m, row[q] + penalty[q]);
+    out[c] = m;
+  }
+}
+
+// scan() over a memory row, pruned first. Refused columns are the dead ones (penalised to -inf in the
+// maxima) and `extra` others. A bound tau at most the cap-th best kept value: of any cap + extra groups of
+// columns whose maxima are >= tau, at least cap hold no refused column, so at least cap kept values are >= tau.
+// Groups of 64 columns give tau cheaply (the want-th largest of len / 64 maxima); the 16-column chunks whose
+// maximum reaches tau (and the running cut) are then looked into. maxima: scratch of len / 16 floats.
+template <typename Keep>
+void scan_pruned(const float* sims, int64_t len, int64_t col0, TopBuffer& buf, Keep keep, const float* penalty,
+                 int64_t extra, float* maxima, bool avx2) {
+  constexpr int64_t kGroup = 4;  // chunks per group
+  const int64_t chunks = len / kChunk, groups = chunks / kGroup, want = buf.cap + extra;
+  float tau = -std::numeric_limits<float>::infinity();
+  if (groups > want) {
+    chunk_maxima(sims, penalty, chunks, maxima, avx2);
+    TopBuffer best;  // the `want` largest group maxima (want <= 64: the caller checks)
+    best.cap = want;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* m = maxima + g * kGroup;
+      const float gm = std::max(std::max(m[0], m[1]), std::max(m[2], m[3]));
+      if (gm >= best.cut()) best.offer(gm, g);
+    }
+    tau = best.val[want - 1];
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (!(maxima[c] >= tau) || !(maxima[c] >= buf.cut())) continue;
+      for (int64_t q = c * kChunk; q < (c + 1) * kChunk; ++q)
+        if (sims[q] >= tau && sims[q] >= buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
+    }
+  } else {
+    for (int64_t q = 0; q < chunks * kChunk; ++q)
+      if (sims[q] >= buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
+  }
+  for (int64_t q = chunks * kChunk; q < len; ++q)  // the tail past the last whole chunk
+    if (sims[q] >= tau && sims[q] >= buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
 }
 
 at::Tensor contextual_cache_neighbours_cpu(const at::Tensor& g_bb_in, const at::Tensor& g_bm_in,
@@ -139,8 +206,13 @@ at::Tensor contextual_cache_neighbours_cpu(const at::Tensor& g_bb_in, const at::
 
   at::Tensor out = at::empty({u, k}, ids_t.options());
   int64_t* O = out.data_ptr<int64_t>();
+  // Dead memory columns penalised for the chunk maxima of scan_pruned.
+  std::vector<float> penalty(count);
+  for (int64_t s = 0; s < count; ++s) penalty[s] = dead[s] ? -std::numeric_limits<float>::infinity() : 0.f;
+  const bool avx2 = has_avx2();
   at::parallel_for(0, u, 64, [&](int64_t b, int64_t e) {
     std::vector<std::pair<float, int64_t>> forced;
+    std::vector<float> maxima(count / kChunk + 1);
     for (int64_t i = b; i < e; ++i) {
       int64_t* list = O + i * k;
       // Forced: i, then its id's other live rows by (similarity desc, column asc).
@@ -161,15 +233,16 @@ at::Tensor contextual_cache_neighbours_cpu(const at::Tensor& g_bb_in, const at::
       buf.cap = k - pos;
       const int64_t id = ids[i];
       auto live_other = [&](int64_t j) { return ids[j] != id && !is_dead(j); };
-      const float* mem_row;
-      if (i < n) {
-        scan(GB + i * n, n, 0, buf, live_other);
-        mem_row = GM + i * count;
-      } else {
-        scan(GT + (i - n) * n, n, 0, buf, live_other);
-        mem_row = GC + (i - n) * ld;
-      }
-      scan(mem_row, count, n, buf, live_other);
+      // The memory part first (its pruned scan leaves a high cut), then the batch part.
+      const float* mem_row = i < n ? GM + i * count : GC + (i - n) * ld;
+      const float* batch_row = i < n ? GB + i * n : GT + (i - n) * n;
+      int64_t extra = 0;  // memory columns sharing the row's id (itself included): refused besides the dead
+      for (int64_t t = run_start[i]; t < run_end[i]; ++t) extra += order[t] >= n;
+      if (buf.cap + extra <= 64)
+        scan_pruned(mem_row, count, n, buf, live_other, penalty.data(), extra, maxima.data(), avx2);
+      else
+        scan(mem_row, count, n, buf, live_other);
+      scan(batch_row, n, 0, buf, live_other);
       for (int64_t t = 0; t < buf.size; ++t) list[pos++] = buf.col[t];
       if (pos == k) continue;
       // Fewer than k live rows: the dead ones (not i) fill the list in the same order.
