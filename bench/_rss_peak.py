@@ -11,11 +11,31 @@ from __future__ import annotations
 import ctypes
 import gc
 
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 try:
-    ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
 except OSError:  # not glibc: the numbers will over-count reused heap, but still run
-    pass
+    _LIBC = None
+
+
+def _measuring(on: bool) -> None:
+    """The 64 KiB mmap threshold for a measurement; afterwards back to what the process had (a bench that
+    keeps freed memory as the Trainer does, ssml_fast.train.keep_freed_memory, gets its setting back)."""
+    if _LIBC is None:
+        return
+    if on:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+        _LIBC.malloc_trim(0)  # free heap pages back to the kernel: reusing them shows in RSS again
+        return
+    from ssml_fast.train import freed_memory_setting
+
+    kept = freed_memory_setting()
+    if kept is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, kept[0] << 20)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, kept[1] << 20)
 
 
 def _status_kb(key: str) -> int:
@@ -29,11 +49,15 @@ def _status_kb(key: str) -> int:
 def peak_extra_mb(fn) -> float:
     """Runs fn() (already warmed up by the caller) once and returns its peak extra RSS in MB."""
     gc.collect()
-    before = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    fn()
-    return round(max(0, _status_kb("VmHWM") - before) / 1024, 1)
+    _measuring(True)
+    try:
+        before = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        fn()
+        return round(max(0, _status_kb("VmHWM") - before) / 1024, 1)
+    finally:
+        _measuring(False)
 
 
 _CHILD = r"""
