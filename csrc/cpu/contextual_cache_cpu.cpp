@@ -20,6 +20,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_features.h"
+
 namespace ssml_fast {
 namespace {
 
@@ -58,10 +60,7 @@ __attribute__((target("avx2"))) bool chunk_exceeds_avx2(const float* p, float cu
   const __m256 b = _mm256_cmp_ps(_mm256_loadu_ps(p + 8), c, _CMP_GE_OQ);
   return _mm256_movemask_ps(_mm256_or_ps(a, b)) != 0;
 }
-bool has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2");
-  return ok;
-}
+bool has_avx2() { return cpu_has_avx2_fma(); }
 #else
 bool chunk_exceeds_avx2(const float*, float) { return true; }
 bool has_avx2() { return false; }

@@ -7,6 +7,7 @@
 // 256), restricted to the lower triangle; at one thread it runs at the same GFLOP/s as MKL's sgemm on the
 // 2-core AMD VM of our benchmarks (~33, that core's peak), so the saving is the skipped upper tiles.
 #include "cpu/symmetric_gram.h"
+#include "cpu/cpu_features.h"
 
 #include <algorithm>
 #include <cstring>
@@ -45,10 +46,7 @@ void mirror_lower(T* g, int64_t n) {
 #ifdef SSML_GRAM_AVX2
 constexpr int64_t MR = 6, NR = 16, KC = 256, MC = 48;  // MC: 8 row panels; A block 48 KB, one B tile 16 KB
 
-bool has_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
+bool has_avx2_fma() { return cpu_has_avx2_fma(); }
 
 // Rows [r0, r0 + rows) x columns [c0, c0 + kc) of x (row stride d) as `rows / width` panels, each kc x width
 // with the width rows of one k contiguous; rows past n are zero.
