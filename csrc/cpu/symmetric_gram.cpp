@@ -46,8 +46,6 @@ void mirror_lower(T* g, int64_t n) {
 #ifdef SSML_GRAM_AVX2
 constexpr int64_t MR = 6, NR = 16, KC = 256, MC = 48;  // MC: 8 row panels; A block 48 KB, one B tile 16 KB
 
-bool has_avx2_fma() { return cpu_has_avx2_fma(); }
-
 // Rows [r0, r0 + rows) x columns [c0, c0 + kc) of x (row stride d) as `rows / width` panels, each kc x width
 // with the width rows of one k contiguous; rows past n are zero.
 void pack_panels(const float* x, int64_t n, int64_t d, int64_t r0, int64_t rows, int64_t c0, int64_t kc,
@@ -142,7 +140,7 @@ at::Tensor symmetric_gram_cpu(const at::Tensor& x_in) {
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.size(0), d = x.size(1);
 #ifdef SSML_GRAM_AVX2
-  if (x.scalar_type() == at::kFloat && has_avx2_fma() && n > 0) {
+  if (x.scalar_type() == at::kFloat && cpu_has_avx2_fma() && n > 0) {
     if (d == 0) return at::zeros({n, n}, x.options());
     at::Tensor g = at::empty({n, n}, x.options());
     lower_gram_avx2(x.const_data_ptr<float>(), n, d, g.data_ptr<float>());
