@@ -1,7 +1,8 @@
 """Peak extra resident memory of one call, measured in this process (Linux).
 
-glibc is told to serve every allocation above 64 KiB with mmap and to keep that threshold fixed, so freed
-tensors go straight back to the OS and RSS follows the live tensor bytes; the kernel's high-water mark
+During the call glibc is told to serve every allocation above 64 KiB with mmap, so freed tensors go straight
+back to the OS and RSS follows the live tensor bytes (importing this module changes nothing: it once set that
+threshold at import, which silently undid a keep_freed_memory() called before the import); the kernel's high-water mark
 (VmHWM) is reset through /proc/self/clear_refs right before the call. The result is max RSS during the
 call minus RSS before it: the transient memory of forward + backward (inputs and parameters excluded).
 tracemalloc cannot do this (it does not see tensor storage) and the CPU allocator keeps no statistics.
@@ -15,7 +16,6 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 try:
     _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
 except OSError:  # not glibc: the numbers will over-count reused heap, but still run
     _LIBC = None
 

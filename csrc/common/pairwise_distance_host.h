@@ -31,11 +31,28 @@ struct DistanceEpilogues {
                       const at::Tensor& y, Metric metric);
   // H (B, R) from upstream grad and forward distances, see distance_grad_coef.
   at::Tensor (*grad_coef)(const at::Tensor& grad, const at::Tensor& dist, Metric metric);
+  // x against itself (n, n): from H = grad_coef, S = H + H^T (autograd adds the gradients of the two uses of
+  // x, both linear in H), and for the euclidean family diag(rowsum S) - S: the matrix whose product with x
+  // is the gradient. self_coef_composite below is the plain form; the CPU fuses its passes.
+  at::Tensor (*self_coef)(const at::Tensor& grad, const at::Tensor& dist, Metric metric);
   // x x^T (n, n) for x against itself: the CPU computes only the lower triangle (cpu/symmetric_gram.h).
   at::Tensor (*gram)(const at::Tensor& x);
   // (n,) squared row norms of a contiguous (n, d) x (the CPU: one pass, no n x d temporary).
   at::Tensor (*sq_norms)(const at::Tensor& x);
 };
+
+// self_coef from H (grad_coef's result, overwritten) in ATen ops.
+inline at::Tensor self_coef_composite(at::Tensor h, Metric metric) {
+  // (A blocked contiguous transpose plus an in-place add: h + h.t() reads h strided, as slow as the GEMM.)
+  h = h.t().contiguous().add_(h);
+  if (metric != Metric::Cosine) {
+    // rowsum(S) x - S x = (diag(rowsum S) - S) x: the row sums go onto the diagonal (an n-element pass)
+    // rather than scaling x (an n x d pass and one more n x d buffer), then one plain GEMM.
+    const at::Tensor r = h.sum(1);
+    h.neg_().diagonal().add_(r);
+  }
+  return h;
+}
 
 inline void check_pairwise_args(const at::Tensor& x, const at::Tensor& y) {
   TORCH_CHECK_VALUE(x.dim() == 2 && y.dim() == 2 && x.size(1) == y.size(1),
@@ -101,23 +118,15 @@ inline std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_impl(
                    "grad and dist must have x's dtype ", x_in.scalar_type());
   const FullFloat32Matmul full_precision;
   at::Tensor x = x_in.contiguous(), y = y_in.contiguous();
-  at::Tensor h = ep.grad_coef(grad.contiguous(), dist.contiguous(), metric);
-  // y is x (a batch against itself, the common case): autograd adds the two gradients of the one input,
-  // and since both are linear in H, their sum is the x-gradient of H + H^T: one GEMM instead of two. The
-  // whole gradient then comes back as the first output and the second is zero.
+  // y is x (a batch against itself, the common case): the whole gradient from one GEMM (self_coef), as the
+  // first output; the second is zero.
   const bool same = x_in.is_same(y_in);
-  // (A blocked contiguous transpose plus an in-place add: h + h.t() reads h strided, as slow as the GEMM.)
-  if (same) h = h.t().contiguous().add_(h);
   // y_grad=False with y is x: the caller takes the whole gradient from the first output; no zeros to add.
   auto second = [&] { return y_grad ? at::zeros_like(y) : at::empty({0}, y.options()); };
+  at::Tensor h = same ? ep.self_coef(grad.contiguous(), dist.contiguous(), metric)
+                      : ep.grad_coef(grad.contiguous(), dist.contiguous(), metric);
   if (metric != Metric::Cosine) {
-    // rowsum(h) x - h x = (diag(rowsum(h)) - h) x: the row sums go onto h's diagonal (an n-element pass)
-    // rather than scaling x (an n x d pass and one more n x d buffer), then one plain GEMM.
-    if (same) {
-      const at::Tensor r = h.sum(1);
-      h.neg_().diagonal().add_(r);
-      return {at::mm(h, x), second()};
-    }
+    if (same) return {at::mm(h, x), second()};
     // rowsum(h) x - h y as one GEMM with beta = 1 (the subtraction inside the GEMM, not one more pass).
     at::Tensor gx = at::addmm(h.sum(1, /*keepdim=*/true) * x, h, y, 1, -1);
     if (!y_grad) return {gx, at::empty({0}, y.options())};

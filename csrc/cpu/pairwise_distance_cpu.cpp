@@ -16,6 +16,13 @@
 namespace ssml_fast {
 namespace {
 
+// One row of the epilogue, the metric a template argument: with the switch hoisted the loop vectorises.
+template <typename T, Metric M>
+void distance_row(T* row, T si, const T* sy, int64_t R) {
+#pragma omp simd
+  for (int64_t j = 0; j < R; ++j) row[j] = distance_from_gram<T>(si, M == Metric::Cosine ? T(0) : sy[j], row[j], M);
+}
+
 void to_distance_cpu(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor& sq_y, const at::Tensor& x,
                      const at::Tensor& y, Metric metric) {
   const int64_t B = gram.size(0), R = gram.size(1), D = x.size(1);
@@ -39,8 +46,11 @@ void to_distance_cpu(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor&
       for (int64_t i = begin; i < end; ++i) {
         scalar_t* row = g + i * R;
         const scalar_t si = sx ? sx[i] : scalar_t(0);
-        for (int64_t j = 0; j < R; ++j)
-          row[j] = distance_from_gram<scalar_t>(si, sy ? sy[j] : scalar_t(0), row[j], metric);
+        switch (metric) {
+          case Metric::Euclidean: distance_row<scalar_t, Metric::Euclidean>(row, si, sy, R); break;
+          case Metric::SqEuclidean: distance_row<scalar_t, Metric::SqEuclidean>(row, si, sy, R); break;
+          default: distance_row<scalar_t, Metric::Cosine>(row, si, sy, R); break;
+        }
         if (cosine || (sy_finite && std::isfinite(si) && std::max(static_cast<double>(si), sy_max) < limit))
           continue;
         for (int64_t j = 0; j < R; ++j)
@@ -50,6 +60,21 @@ void to_distance_cpu(at::Tensor& gram, const at::Tensor& sq_x, const at::Tensor&
   });
 }
 
+template <typename T, Metric M>
+void grad_coef_range(const T* g, const T* d, T* out, int64_t begin, int64_t end) {
+#pragma omp simd
+  for (int64_t k = begin; k < end; ++k) out[k] = distance_grad_coef<T>(g[k], d[k], M);
+}
+
+template <typename T>
+void grad_coef_range(const T* g, const T* d, T* out, int64_t begin, int64_t end, Metric metric) {
+  switch (metric) {
+    case Metric::Euclidean: return grad_coef_range<T, Metric::Euclidean>(g, d, out, begin, end);
+    case Metric::SqEuclidean: return grad_coef_range<T, Metric::SqEuclidean>(g, d, out, begin, end);
+    default: return grad_coef_range<T, Metric::Cosine>(g, d, out, begin, end);
+  }
+}
+
 at::Tensor grad_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric metric) {
   at::Tensor h = at::empty_like(dist);
   const int64_t n = dist.numel();
@@ -57,11 +82,54 @@ at::Tensor grad_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric 
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     const scalar_t* d = dist.const_data_ptr<scalar_t>();
     scalar_t* out = h.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) out[k] = distance_grad_coef<scalar_t>(g[k], d[k], metric);
-    });
+    at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) { grad_coef_range(g, d, out, begin, end, metric); });
   });
   return h;
+}
+
+// x against itself (n x n): S = H + H^T, and for the euclidean family diag(rowsum S) - S, the matrix that
+// multiplies x in the gradient (see self_coef in pairwise_distance_host.h). The composite took five passes
+// over the matrix, one of them a strided transpose (~0.4 ms at n = 240, a third of the GEMM after it);
+// here H is computed into its place, then symmetrised in 32 x 32 block pairs (both blocks in L1) and each
+// row summed over eight fixed lanes (the same order for any thread count).
+at::Tensor self_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric metric) {
+  at::Tensor s = grad_coef_cpu(grad, dist, metric);
+  const int64_t n = s.size(0);
+  constexpr int64_t kB = 32;
+  const int64_t blocks = (n + kB - 1) / kB;
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "pairwise_distance_backward_cpu", [&] {
+    using T = scalar_t;
+    T* h = s.data_ptr<T>();
+    // Each unordered block pair (bi <= bj) is read and written by the one task that owns bi.
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bi = b0; bi < b1; ++bi) {
+        const int64_t i0 = bi * kB, i1 = std::min(n, i0 + kB);
+        for (int64_t j0 = i0; j0 < n; j0 += kB) {
+          const int64_t j1 = std::min(n, j0 + kB);
+          for (int64_t i = i0; i < i1; ++i)
+            for (int64_t j = std::max(j0, i); j < j1; ++j) {
+              const T v = h[i * n + j] + h[j * n + i];
+              h[i * n + j] = v, h[j * n + i] = v;
+            }
+        }
+      }
+    });
+    if (metric == Metric::Cosine) return;
+    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T* row = h + i * n;
+        T lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t t = 0;
+        for (; t + 8 <= n; t += 8)
+          for (int q = 0; q < 8; ++q) lane[q] += row[t + q];
+        for (int q = 0; t < n; ++t, ++q) lane[q] += row[t];
+        const T r = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+        for (int64_t j = 0; j < n; ++j) row[j] = -row[j];
+        row[i] += r;
+      }
+    });
+  });
+  return s;
 }
 
 // Sum of squares of each row over eight fixed lanes (vectorised, and the same order for any thread count),
@@ -87,7 +155,8 @@ at::Tensor sq_norms_cpu(const at::Tensor& x) {
   return out;
 }
 
-constexpr DistanceEpilogues kCpuEpilogues{to_distance_cpu, grad_coef_cpu, symmetric_gram_cpu, sq_norms_cpu};
+constexpr DistanceEpilogues kCpuEpilogues{to_distance_cpu, grad_coef_cpu, self_coef_cpu, symmetric_gram_cpu,
+                                          sq_norms_cpu};
 
 at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, c10::string_view metric) {
   return pairwise_distance_impl(x, y, parse_metric(metric), kCpuEpilogues);

@@ -40,11 +40,15 @@ at::Tensor grad_coef_cuda(const at::Tensor& grad, const at::Tensor& dist, Metric
 }
 
 // cuBLAS has SYRK, but at n of a few hundred a full GEMM is as fast on a GPU: the plain product.
+at::Tensor self_coef_cuda(const at::Tensor& grad, const at::Tensor& dist, Metric metric) {
+  return self_coef_composite(grad_coef_cuda(grad, dist, metric), metric);
+}
+
 at::Tensor gram_cuda(const at::Tensor& x) { return at::mm(x, x.t()); }
 
 at::Tensor sq_norms_cuda(const at::Tensor& x) { return (x * x).sum(1); }
 
-constexpr DistanceEpilogues kCudaEpilogues{to_distance_cuda, grad_coef_cuda, gram_cuda, sq_norms_cuda};
+constexpr DistanceEpilogues kCudaEpilogues{to_distance_cuda, grad_coef_cuda, self_coef_cuda, gram_cuda, sq_norms_cuda};
 
 at::Tensor pairwise_distance_cuda(const at::Tensor& x, const at::Tensor& y, c10::string_view metric) {
   check_pairwise_args(x, y);  // before the guard: a CPU tensor here must raise a clear error

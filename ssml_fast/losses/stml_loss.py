@@ -1,6 +1,7 @@
 """STMLLoss: the whole Self-Taught Metric Learning objective (Kim et al., CVPR 2022; thesis 3.3, Alg. 2)."""
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -134,13 +135,25 @@ class STMLLoss(nn.Module):
         return total
 
 
+def _as(t, dtype):
+    """t in dtype (t itself when it is already: a no-op .to() still costs a dispatch, ~6 us)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+# Below the Autograd dispatch key: _STMLTerms is the autograd node, so the distance op's own registered
+# autograd (a Python wrapper that redispatches, ~20 us a call even with grad off) has nothing to do here.
+# A private torch API, as torch.library's own autograd uses; without it the plain call is the same op.
+_below_autograd = getattr(torch._C, "_AutoDispatchBelowAutograd", contextlib.nullcontext)
+
+
 def _distances(x, mem):
     """Euclidean distances of the batch rows x to [x; mem]: (the full (n, c) matrix, its two blocks). The
     batch block comes from the op's x-against-itself form (exact zero diagonal, one backward GEMM)."""
-    d_bb = torch.ops.ssml_fast.pairwise_distance(x, x, "euclidean")
-    if mem is None:
-        return d_bb, d_bb, None
-    d_bm = torch.ops.ssml_fast.pairwise_distance(x, mem.detach().to(x.dtype), "euclidean")
+    with _below_autograd():
+        d_bb = torch.ops.ssml_fast.pairwise_distance.default(x, x, "euclidean")
+        if mem is None:
+            return d_bb, d_bb, None
+        d_bm = torch.ops.ssml_fast.pairwise_distance.default(x, _as(mem.detach(), x.dtype), "euclidean")
     return torch.cat([d_bb, d_bm], dim=1), d_bb, d_bm
 
 
@@ -161,13 +174,13 @@ class _STMLTerms(torch.autograd.Function):
         rel_g, inv_g = ops.row_relative(d_g)
         # 0.5 * scale: RC enters the total halved; the halving is exact in floating point, so 2 * value is
         # the term itself, bit for bit.
-        rc_f, grad_f = rc.sum_and_grad(rel_f, w.to(rel_f.dtype), 0.5 * rc_scale)
-        rc_g, grad_g = rc.sum_and_grad(rel_g, w.to(rel_g.dtype), 0.5 * rc_scale)
-        kl_v, grad_kl = kl.sum_and_grad(rel_f, rel_g.to(rel_f.dtype), kl_scale)  # g is the target: no gradient
+        rc_f, grad_f = rc.sum_and_grad(rel_f, _as(w, rel_f.dtype), 0.5 * rc_scale)
+        rc_g, grad_g = rc.sum_and_grad(rel_g, _as(w, rel_g.dtype), 0.5 * rc_scale)
+        kl_v, grad_kl = kl.sum_and_grad(rel_f, _as(rel_g, rel_f.dtype), kl_scale)  # g is the target: no gradient
         grad_f.add_(grad_kl)
         del grad_kl
         ctx.save_for_backward(f, g, mem_f, mem_g, f_bb, f_bm, g_bb, g_bm, rel_f, inv_f, rel_g, inv_g, grad_f, grad_g)
-        total = (rc_f + rc_g) + kl_v.to(rc_f.dtype)
+        total = (rc_f + rc_g) + _as(kl_v, rc_f.dtype)
         parts = (rc_f * 2, rc_g * 2, kl_v)
         ctx.mark_non_differentiable(*parts)
         return (total, *parts)
