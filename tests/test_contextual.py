@@ -52,6 +52,24 @@ def test_duplicate_rows_float64(device):
         assert_matches(emb, k)
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0 ** 70])
+def test_duplicate_rows_float32(device, scale):
+    """float32 duplicates on the CPU are found from the Gram (equal entries, then an element-wise check): copies
+    (one with its zeros negated: equal in value) and rows of equal norm that are not copies (permutations) must
+    come out as the reference says; scale 2^70 takes the rescaled Gram."""
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(8, 16, generator=g)
+    base[:, :3] = 0.0
+    rows = [base[i] for i in range(8)]
+    rows += [base[1].clone(), base[1].clone(), base[2].clone()]  # copies
+    rows[-2][:3] = -0.0                                           # its zeros negated: still equal in value
+    rows += [base[3][torch.randperm(16, generator=g)], base[3].flip(0)]  # same norm, not copies
+    rows += [base[4].clone()]
+    emb = (torch.stack(rows) * scale).to(device)
+    for k in (1, 2, 3, 5, 14):
+        assert_matches(emb, k)
+
+
 @pytest.mark.parametrize("views", [2, 3])
 @pytest.mark.parametrize("k", [1, 2, 3, 6, 10])
 def test_ids_ranked_first(device, views, k):

@@ -59,4 +59,36 @@ bool duplicate_representatives(const T* x, int64_t n, int64_t d, std::vector<int
   return any;
 }
 
+// The same rep[] from a Gram matrix G = x x^T (n, n) in which rows equal in value have G_ij == G_ii == G_jj
+// exactly (symmetric_gram_entrywise) and whose diagonal is finite: only rows with equal squared norms
+// whose Gram entry equals it are compared element-wise (usually none), instead of hashing all n x d values.
+template <typename T>
+bool duplicate_representatives_by_gram(const T* x, const T* g, int64_t n, int64_t d, std::vector<int64_t>& rep) {
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  auto diag = [&](int64_t i) { return g[i * n + i]; };
+  std::sort(order.begin(), order.end(),
+            [&](int64_t a, int64_t b) { return diag(a) != diag(b) ? diag(a) < diag(b) : a < b; });
+  rep.resize(n);
+  std::iota(rep.begin(), rep.end(), 0);
+  bool any = false;
+  for (int64_t s = 0; s < n;) {
+    int64_t e = s + 1;
+    while (e < n && diag(order[e]) == diag(order[s])) ++e;
+    for (int64_t a = s + 1; a < e; ++a) {  // members ascend by index: compare with the earlier ones
+      const int64_t j = order[a];
+      for (int64_t c = s; c < a; ++c) {
+        const int64_t r = order[c];
+        if (rep[r] == r && g[j * n + r] == diag(j) && std::equal(x + j * d, x + (j + 1) * d, x + r * d)) {
+          rep[j] = r;
+          any = true;
+          break;
+        }
+      }
+    }
+    s = e;
+  }
+  return any;
+}
+
 }  // namespace ssml_fast

@@ -6,7 +6,12 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -14,6 +19,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -21,6 +27,7 @@
 #include "common/full_precision.h"
 #include "common/contextual_math.h"
 #include "common/duplicates_cpu.h"
+#include "cpu/cpu_features.h"
 #include "cpu/symmetric_gram.h"
 
 namespace ssml_fast {
@@ -30,6 +37,37 @@ namespace {
 constexpr int64_t kRowGrain = 8;
 // Up to this many neighbours per row are selected with an insertion buffer, beyond it with nth_element.
 constexpr int64_t kInsertionMax = 32;
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) bool none_below_avx2(const float* p, float cut) {
+  return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_set1_ps(cut), _CMP_LT_OQ)) == 0;
+}
+#else
+bool none_below_avx2(const float*, float) { return false; }
+#endif
+
+// Is none of the 8 values at p below cut? (float32 with AVX2: one compare; otherwise a plain loop.)
+template <typename T>
+bool none_below(const T* p, T cut, bool avx2) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx2) return none_below_avx2(p, cut);
+  }
+  bool below = false;
+  for (int q = 0; q < 8; ++q) below |= p[q] < cut;
+  return !below;
+}
+
+// Row i of the squared unit distances from row i of an exactly symmetric Gram: entry j takes unit_sqdist's
+// operands as (min(i, j), max(i, j)), the order in which the duplicate-aware loop reads them.
+template <typename T>
+void unit_sqdist_row(const T* g, const T* s, const T* inv, int64_t i, int64_t n, T* out) {
+  const T si = s[i], ii = inv[i];
+#pragma omp simd
+  for (int64_t j = 0; j < i; ++j) out[j] = unit_sqdist<T>(g[j], s[j], si, inv[j], ii, false);
+  out[i] = T(0);
+#pragma omp simd
+  for (int64_t j = i + 1; j < n; ++j) out[j] = unit_sqdist<T>(g[j], si, s[j], ii, inv[j], false);
+}
 
 template <typename T>
 void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int64_t* ids, at::Tensor& w,
@@ -59,7 +97,16 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
   }
   const T* G = gram.const_data_ptr<T>();
   std::vector<int64_t> rep;
-  duplicate_representatives(x.const_data_ptr<T>(), n, x.size(1), rep);
+  // Duplicates from the Gram when its entries allow it (and its diagonal is finite: no NaN to sort; the
+  // check below raises for those), else by hashing the rows (~0.2 ms at 240 x 1024). A rescaled Gram is of x
+  // times one power of two, whose equal rows are x's: the Gram test stays a necessary condition, and the
+  // element-wise check is on x itself.
+  bool finite_diagonal = true;
+  for (int64_t i = 0; i < n && finite_diagonal; ++i) finite_diagonal = std::isfinite(G[i * n + i]);
+  if (finite_diagonal && symmetric_gram_entrywise(x))
+    duplicate_representatives_by_gram(x.const_data_ptr<T>(), G, n, x.size(1), rep);
+  else
+    duplicate_representatives(x.const_data_ptr<T>(), n, x.size(1), rep);
   std::vector<T> inv(n), s(n);
   for (int64_t i = 0; i < n; ++i) {
     const T g = G[i * n + i];
@@ -70,18 +117,30 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
   }
   at::Tensor d2_t = at::empty({n, n}, x.options());
   T* d2 = d2_t.data_ptr<T>();
-  // Row i's task writes (i, j >= i) and its mirror (j, i), which no other task touches.
-  at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      for (int64_t j = i; j < n; ++j) {
-        const int64_t u = std::min(rep[i], rep[j]), v = std::max(rep[i], rep[j]);
-        const T dist = unit_sqdist<T>(G[u * n + v], s[u], s[v], inv[u], inv[v], u == v);
-        d2[i * n + j] = dist;
-        d2[j * n + i] = dist;
+  bool duplicates = false;
+  for (int64_t i = 0; i < n && !duplicates; ++i) duplicates = rep[i] != i;
+  if (!duplicates) {
+    // The Gram is exactly symmetric (symmetric_gram_cpu mirrors it), so row i reads its own row of it, and
+    // each entry takes its operands in the (lower index, higher index) order of the general loop below: the
+    // same value, from contiguous vectorised passes instead of a strided mirror write.
+    at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) unit_sqdist_row<T>(G + i * n, s.data(), inv.data(), i, n, d2 + i * n);
+    });
+  } else {
+    // Row i's task writes (i, j >= i) and its mirror (j, i), which no other task touches.
+    at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        for (int64_t j = i; j < n; ++j) {
+          const int64_t u = std::min(rep[i], rep[j]), v = std::max(rep[i], rep[j]);
+          const T dist = unit_sqdist<T>(G[u * n + v], s[u], s[v], inv[u], inv[v], u == v);
+          d2[i * n + j] = dist;
+          d2[j * n + i] = dist;
+        }
       }
-    }
-  });
+    });
+  }
 
+  const bool avx2 = cpu_has_avx2_fma();
   // N_k(i) in rank order (nn, (n, k)) and as a bit set (nb, (n, W)).
   std::vector<int64_t> nn(n * k);
   std::vector<uint64_t> nb(n * W, 0), rb(n * W, 0);
@@ -112,6 +171,11 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
         int64_t cnt = 0;
         T cut = std::numeric_limits<T>::infinity();
         for (int64_t j = 0; j < n; ++j) {
+          // Once the buffer is full few entries beat its cut: 8 at a time are ruled out by one compare.
+          if (cnt == rest && (j & 7) == 0 && j + 8 <= n && none_below(row + j, cut, avx2)) {
+            j += 7;
+            continue;
+          }
           const T v = row[j];
           if (cnt == rest && !(v < cut)) continue;
           if (neighbour_group(i, j, ids) != 2) continue;
@@ -200,22 +264,40 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
   }
 
   // w^C = (w^ + w^T) / 2 (eq 3.19), w^P = exp(-d2 / sigma) (eq 3.15), w = (w^P + w^C) / 2 (eq 3.20).
-  // w^P through ATen's vectorised exp; for float32 it is written straight into the output.
-  at::Tensor wp_t = at::exp(d2_t * (-1.0 / sigma));
+  // w^P through ATen's vectorised exp; for float32 it is computed in the output itself.
+  at::Tensor wp_t;
+  if constexpr (std::is_same_v<T, float>) {
+    at::mul_out(w_p, d2_t, -1.0 / sigma).exp_();
+    wp_t = w_p;
+  } else {
+    wp_t = at::exp(d2_t * (-1.0 / sigma));
+  }
   const T* wp = wp_t.const_data_ptr<T>();
   const T* what = what_t.const_data_ptr<T>();
   float* pw = w.data_ptr<float>();
   float* pp = w_p.data_ptr<float>();
   float* pc = w_c.data_ptr<float>();
   const T inv_m = T(1) / static_cast<T>(m);
-  at::parallel_for(0, n, kRowGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        const T c = contextual_symmetric_part<T>(what[i * n + j], what[j * n + i], inv_m);
-        const T p = wp[i * n + j];
-        pc[i * n + j] = static_cast<float>(c);
-        pp[i * n + j] = static_cast<float>(p);
-        pw[i * n + j] = static_cast<float>((p + c) / T(2));
+  // In 32 x 32 block pairs: w^C_ij and w^C_ji are one value (its sum is symmetric), computed once and
+  // written to both places while both blocks are in cache (row-wise, what_ji was a strided read).
+  constexpr int64_t kB = 32;
+  auto put = [&](int64_t i, int64_t j, T c) {
+    const T p = wp[i * n + j];
+    pc[i * n + j] = static_cast<float>(c);
+    if constexpr (!std::is_same_v<T, float>) pp[i * n + j] = static_cast<float>(p);
+    pw[i * n + j] = static_cast<float>((p + c) / T(2));
+  };
+  at::parallel_for(0, (n + kB - 1) / kB, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      const int64_t i0 = bi * kB, i1 = std::min(n, i0 + kB);
+      for (int64_t j0 = i0; j0 < n; j0 += kB) {
+        const int64_t j1 = std::min(n, j0 + kB);
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = std::max(j0, i); j < j1; ++j) {
+            const T c = contextual_symmetric_part<T>(what[i * n + j], what[j * n + i], inv_m);
+            put(i, j, c);
+            if (j != i) put(j, i, c);
+          }
       }
     }
   });

@@ -10,4 +10,9 @@ namespace ssml_fast {
 // for any thread count. Otherwise (float64, other CPUs) at::mm(x, x.t()) mirrored the same way.
 at::Tensor symmetric_gram_cpu(const at::Tensor& x);
 
+// Does symmetric_gram_cpu(x) take that kernel? There every entry G_ij is the same sequence of multiply-adds
+// over rows i and j (one k order, one register tile, for every tile), so two rows equal in value give
+// G_ij == G_ii == G_jj exactly: a necessary condition for duplicate rows that costs no pass over x.
+bool symmetric_gram_entrywise(const at::Tensor& x);
+
 }  // namespace ssml_fast
