@@ -149,13 +149,18 @@ def run(write: bool = True) -> dict:
     f, g = f0.clone().requires_grad_(), g0.clone().requires_grad_()
     loss = STMLLoss(sigma=3.0, k=10, delta=1.0)
 
+    # Each call starts with no .grad, as in a training step (zero_grad(set_to_none=True)): the backward then
+    # writes the gradients instead of adding them to the last call's.
     def ours():
+        f.grad = g.grad = None
         loss(f, g, t, ids).backward()
 
     def official():
+        f.grad = g.grad = None
         _official_code_loss(f, g, t, ids).backward()
 
     def official_shared():
+        f.grad = g.grad = None
         _official_loss(f, g, t, ids).backward()
 
     # The port is the same loss: its value matches ours (the tie order inside the top-k is all it may differ in).
