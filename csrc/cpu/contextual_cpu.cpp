@@ -27,6 +27,7 @@
 #include "common/full_precision.h"
 #include "common/contextual_math.h"
 #include "common/duplicates_cpu.h"
+#include "cpu/blocked_pairs.h"
 #include "cpu/cpu_features.h"
 #include "cpu/symmetric_gram.h"
 
@@ -296,26 +297,16 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
   const T inv_m = T(1) / static_cast<T>(m);
   // In 32 x 32 block pairs: w^C_ij and w^C_ji are one value (its sum is symmetric), computed once and
   // written to both places while both blocks are in cache (row-wise, what_ji was a strided read).
-  constexpr int64_t kB = 32;
   auto put = [&](int64_t i, int64_t j, T c) {
     const T p = wp[i * n + j];
     pc[i * n + j] = static_cast<float>(c);
     if constexpr (!std::is_same_v<T, float>) pp[i * n + j] = static_cast<float>(p);
     pw[i * n + j] = static_cast<float>((p + c) / T(2));
   };
-  at::parallel_for(0, (n + kB - 1) / kB, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      const int64_t i0 = bi * kB, i1 = std::min(n, i0 + kB);
-      for (int64_t j0 = i0; j0 < n; j0 += kB) {
-        const int64_t j1 = std::min(n, j0 + kB);
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = std::max(j0, i); j < j1; ++j) {
-            const T c = contextual_symmetric_part<T>(what[i * n + j], what[j * n + i], inv_m);
-            put(i, j, c);
-            if (j != i) put(j, i, c);
-          }
-      }
-    }
+  for_each_upper_pair(n, [&](int64_t i, int64_t j) {
+    const T c = contextual_symmetric_part<T>(what[i * n + j], what[j * n + i], inv_m);
+    put(i, j, c);
+    if (j != i) put(j, i, c);
   });
 }
 

@@ -11,6 +11,7 @@
 
 #include "common/options.h"
 #include "common/pairwise_distance_host.h"
+#include "cpu/blocked_pairs.h"
 #include "cpu/symmetric_gram.h"
 
 namespace ssml_fast {
@@ -95,24 +96,12 @@ at::Tensor grad_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric 
 at::Tensor self_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric metric) {
   at::Tensor s = grad_coef_cpu(grad, dist, metric);
   const int64_t n = s.size(0);
-  constexpr int64_t kB = 32;
-  const int64_t blocks = (n + kB - 1) / kB;
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "pairwise_distance_backward_cpu", [&] {
     using T = scalar_t;
     T* h = s.data_ptr<T>();
-    // Each unordered block pair (bi <= bj) is read and written by the one task that owns bi.
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t bi = b0; bi < b1; ++bi) {
-        const int64_t i0 = bi * kB, i1 = std::min(n, i0 + kB);
-        for (int64_t j0 = i0; j0 < n; j0 += kB) {
-          const int64_t j1 = std::min(n, j0 + kB);
-          for (int64_t i = i0; i < i1; ++i)
-            for (int64_t j = std::max(j0, i); j < j1; ++j) {
-              const T v = h[i * n + j] + h[j * n + i];
-              h[i * n + j] = v, h[j * n + i] = v;
-            }
-        }
-      }
+    for_each_upper_pair(n, [&](int64_t i, int64_t j) {
+      const T v = h[i * n + j] + h[j * n + i];
+      h[i * n + j] = v, h[j * n + i] = v;
     });
     if (metric == Metric::Cosine) return;
     at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {

@@ -7,6 +7,7 @@
 // 256; the A side read in place), restricted to the lower triangle; at one thread it runs at the same GFLOP/s as MKL's sgemm on the
 // 2-core AMD VM of our benchmarks (~33, that core's peak), so the saving is the skipped upper tiles.
 #include "cpu/symmetric_gram.h"
+#include "cpu/blocked_pairs.h"
 #include "cpu/cpu_features.h"
 
 #include <algorithm>
@@ -30,16 +31,8 @@ namespace {
 // Mirror the lower triangle onto the upper one, in square blocks so both sides stay in cache.
 template <typename T>
 void mirror_lower(T* g, int64_t n) {
-  constexpr int64_t kB = 32;
-  at::parallel_for(0, (n + kB - 1) / kB, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t bi = b0; bi < b1; ++bi) {
-      const int64_t i0 = bi * kB, i1 = std::min(n, i0 + kB);
-      for (int64_t j0 = i0; j0 < n; j0 += kB) {  // blocks at and right of the diagonal block, rows i0..i1
-        const int64_t j1 = std::min(n, j0 + kB);
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = std::max(j0, i + 1); j < j1; ++j) g[i * n + j] = g[j * n + i];
-      }
-    }
+  for_each_upper_pair(n, [&](int64_t i, int64_t j) {
+    if (j != i) g[i * n + j] = g[j * n + i];
   });
 }
 
