@@ -48,7 +48,10 @@ def brute_force_triplet_loss(emb, labels, margin=0.2, mining="all", distance="eu
     if not trip:
         return dist.sum() * 0, 0, 0
     a, p, n = (torch.tensor(t) for t in zip(*trip))
-    v = dist[a, p] - dist[a, n] + margin
+    # Batch-all (hinge) is defined on q = d_ap + margin: active iff d_an < q, loss q - d_an (the op sums
+    # those from sorted q's); the other minings on d_ap - d_an + margin. The two orders round differently at
+    # a 1-ulp tie (e.g. cosine d_ap = 2^-53, d_an = margin = 1: q rounds to 1, not active).
+    v = (dist[a, p] + margin) - dist[a, n] if mining == "all" and not soft else dist[a, p] - dist[a, n] + margin
     losses = F.softplus(v) if soft else torch.relu(v)
     active = losses > 0
     n_active = int(active.sum())
