@@ -54,9 +54,10 @@ def test_duplicate_rows_float64(device):
 
 @pytest.mark.parametrize("scale", [1.0, 2.0 ** 70])
 def test_duplicate_rows_float32(device, scale):
-    """float32 duplicates on the CPU are found from the Gram (equal entries, then an element-wise check): copies
-    (one with its zeros negated: equal in value) and rows of equal norm that are not copies (permutations) must
-    come out as the reference says; scale 2^70 takes the rescaled Gram."""
+    """float32 rows with copies (one with its zeros negated: equal in value) and rows of equal norm that are not
+    copies (permutations) come out as the reference says; scale 2^70 takes the rescaled Gram. On AVX2 CPUs the
+    copies are found from the Gram, in tests/test_cpu_fallbacks.py by hashing. (With our Gram, copies tie
+    exactly even unmerged, so this checks the results, not which search ran.)"""
     g = torch.Generator().manual_seed(7)
     base = torch.randn(8, 16, generator=g)
     base[:, :3] = 0.0

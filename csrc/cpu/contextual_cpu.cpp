@@ -113,17 +113,6 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
     }
   }
   const T* G = gram.const_data_ptr<T>();
-  std::vector<int64_t> rep;
-  // Duplicates from the Gram when its entries allow it (and its diagonal is finite: no NaN to sort; the
-  // check below raises for those), else by hashing the rows (~0.2 ms at 240 x 1024). A rescaled Gram is of x
-  // times one power of two, whose equal rows are x's: the Gram test stays a necessary condition, and the
-  // element-wise check is on x itself.
-  bool finite_diagonal = true;
-  for (int64_t i = 0; i < n && finite_diagonal; ++i) finite_diagonal = std::isfinite(G[i * n + i]);
-  if (finite_diagonal && symmetric_gram_entrywise(x))
-    duplicate_representatives_by_gram(x.const_data_ptr<T>(), G, n, x.size(1), rep);
-  else
-    duplicate_representatives(x.const_data_ptr<T>(), n, x.size(1), rep);
   std::vector<T> inv(n), s(n);
   for (int64_t i = 0; i < n; ++i) {
     const T g = G[i * n + i];
@@ -132,10 +121,15 @@ void contextual_cpu_impl(const at::Tensor& x, int64_t k, double sigma, const int
     inv[i] = T(1) / std::max(std::sqrt(g), T(kNormEps));
     s[i] = g * inv[i] * inv[i];
   }
+  // Duplicates from the Gram when its entries allow it (its diagonal is finite here, checked above), else by
+  // hashing the rows (~0.2 ms at 240 x 1024). A rescaled Gram is of x times one power of two, whose equal
+  // rows are x's: the Gram test stays a necessary condition, and the element-wise check is on x itself.
+  std::vector<int64_t> rep;
+  const bool duplicates = symmetric_gram_entrywise(x)
+                              ? duplicate_representatives_by_gram(x.const_data_ptr<T>(), G, n, x.size(1), rep)
+                              : duplicate_representatives(x.const_data_ptr<T>(), n, x.size(1), rep);
   at::Tensor d2_t = at::empty({n, n}, x.options());
   T* d2 = d2_t.data_ptr<T>();
-  bool duplicates = false;
-  for (int64_t i = 0; i < n && !duplicates; ++i) duplicates = rep[i] != i;
   if (!duplicates) {
     // The Gram is exactly symmetric (symmetric_gram_cpu mirrors it), so row i reads its own row of it, and
     // each entry takes its operands in the (lower index, higher index) order of the general loop below: the

@@ -88,6 +88,17 @@ at::Tensor grad_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric 
   return h;
 }
 
+// sum_t term(row[t]) over eight fixed lanes: vectorised, and the same order for any thread count.
+template <typename T, typename Term>
+T lane_sum(const T* row, int64_t len, Term term) {
+  T lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t t = 0;
+  for (; t + 8 <= len; t += 8)
+    for (int q = 0; q < 8; ++q) lane[q] += term(row[t + q]);
+  for (int q = 0; t < len; ++t, ++q) lane[q] += term(row[t]);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 // x against itself (n x n): S = H + H^T, and for the euclidean family diag(rowsum S) - S, the matrix that
 // multiplies x in the gradient (see self_coef in pairwise_distance_host.h). The composite took five passes
 // over the matrix, one of them a strided transpose (~0.4 ms at n = 240, a third of the GEMM after it);
@@ -107,12 +118,7 @@ at::Tensor self_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric 
     at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         T* row = h + i * n;
-        T lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t t = 0;
-        for (; t + 8 <= n; t += 8)
-          for (int q = 0; q < 8; ++q) lane[q] += row[t + q];
-        for (int q = 0; t < n; ++t, ++q) lane[q] += row[t];
-        const T r = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+        const T r = lane_sum(row, n, [](T v) { return v; });
         for (int64_t j = 0; j < n; ++j) row[j] = -row[j];
         row[i] += r;
       }
@@ -121,8 +127,8 @@ at::Tensor self_coef_cpu(const at::Tensor& grad, const at::Tensor& dist, Metric 
   return s;
 }
 
-// Sum of squares of each row over eight fixed lanes (vectorised, and the same order for any thread count),
-// reading x once: (x * x).sum(1) writes and rereads an n x d temporary, ~8 ms for a 4096 x 1024 memory.
+// Sum of squares of each row (lane_sum), reading x once: (x * x).sum(1) writes and rereads an n x d
+// temporary, ~8 ms for a 4096 x 1024 memory.
 at::Tensor sq_norms_cpu(const at::Tensor& x) {
   const int64_t n = x.size(0), d = x.size(1);
   at::Tensor out = at::empty({n}, x.options());
@@ -130,15 +136,7 @@ at::Tensor sq_norms_cpu(const at::Tensor& x) {
     const scalar_t* X = x.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* row = X + i * d;
-        scalar_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t t = 0;
-        for (; t + 8 <= d; t += 8)
-          for (int q = 0; q < 8; ++q) lane[q] += row[t + q] * row[t + q];
-        for (int q = 0; t < d; ++t, ++q) lane[q] += row[t] * row[t];
-        o[i] = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-      }
+      for (int64_t i = begin; i < end; ++i) o[i] = lane_sum(X + i * d, d, [](scalar_t v) { return v * v; });
     });
   });
   return out;

@@ -39,11 +39,11 @@ at::Tensor grad_coef_cuda(const at::Tensor& grad, const at::Tensor& dist, Metric
   return h;
 }
 
-// cuBLAS has SYRK, but at n of a few hundred a full GEMM is as fast on a GPU: the plain product.
 at::Tensor self_coef_cuda(const at::Tensor& grad, const at::Tensor& dist, Metric metric) {
   return self_coef_composite(grad_coef_cuda(grad, dist, metric), metric);
 }
 
+// cuBLAS has SYRK, but at n of a few hundred a full GEMM is as fast on a GPU: the plain product.
 at::Tensor gram_cuda(const at::Tensor& x) { return at::mm(x, x.t()); }
 
 at::Tensor sq_norms_cuda(const at::Tensor& x) { return (x * x).sum(1); }
