@@ -80,9 +80,12 @@ GRIDS: dict[str, list[tuple[str, dict]]] = {
     ],
     # The slowest method (batch x (batch + memory) loss terms): few trained candidates. Second round
     # (issue 9): the blend weight of the memory loss, warm-up and size (memory_size=1024 was tried in the
-    # first round; the control without memory is the stml preset, the same training at M = 0).
+    # first round; the control without memory is the stml preset, the same training at M = 0). Third
+    # round: where the memory enters (memory_columns; bench/memory_columns_validation.py runs it on both
+    # validation splits with four seeds, which chose "pull").
     "stml_memory": [
         ("preset", {}),
+        ("memory_columns=all", {"memory_columns": "all"}),
         ("memory_weight=0.5", {"memory_weight": 0.5}),
         ("memory_warmup=50", {"memory_warmup": 50}),
         ("memory_size=256", {"memory_size": 256}),

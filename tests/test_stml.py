@@ -243,12 +243,14 @@ def _memory_case(seed, n, m, d_f, d_g):
     return f, g, t, mf, mg, mt
 
 
-def test_memory_terms_match_a_plain_reference():
-    """Rows of the batch against batch ∪ memory, written out with loops (code form)."""
+@pytest.mark.parametrize("memory_push", [True, False])
+def test_memory_terms_match_a_plain_reference(memory_push):
+    """Rows of the batch against batch ∪ memory, written out with loops (code form); memory_push=False
+    drops the push part of the memory columns (j >= n) and nothing else."""
     n, m, k = 8, 6, 4
     f, g, t, mf, mg, mt = _memory_case(5, n, m, 4, 5)
     ids, mids = torch.arange(n), torch.arange(n, n + m)
-    ours = STMLLoss(k=k).memory_terms(f, g, t, ids, mf, mg, mt, mids)
+    ours = STMLLoss(k=k).memory_terms(f, g, t, ids, mf, mg, mt, mids, memory_push=memory_push)
     w = contextual_reference(torch.cat([t, mt]), k, 3.0, torch.cat([ids, mids]))[0][:n]
     c = n + m
 
@@ -259,7 +261,8 @@ def test_memory_terms_match_a_plain_reference():
         return d / d.mean(1, keepdim=True)
 
     df, dg = rel(f, mf), rel(g, mg)
-    rc = lambda d: sum(w[i, j] * d[i, j] ** 2 + (1 - w[i, j]) * torch.relu(1 - d[i, j]) ** 2
+    push = lambda j: memory_push or j < n
+    rc = lambda d: sum(w[i, j] * d[i, j] ** 2 + push(j) * (1 - w[i, j]) * torch.relu(1 - d[i, j]) ** 2
                        for i in range(n) for j in range(c) if j != i) / (n * (c - 1))
     q, logp = torch.softmax(-dg.detach(), 1), torch.log_softmax(-df, 1)
     kl = (q * (q.log() - logp)).sum() / n
@@ -282,12 +285,30 @@ def test_memory_terms_gradcheck_and_given_weights(form):
     # numerical derivative (it is checked against the autograd formulas in the plain-reference test).
     assert torch.autograd.gradcheck(lambda a: loss.memory_terms(a, g, t, ids, mf, mg, mt, mids), (f,))
     assert torch.autograd.gradcheck(lambda b: _rc_g_of(loss, f.detach(), b, t, ids, mf, mg, mt, mids), (g,))
+    assert torch.autograd.gradcheck(lambda a: loss.memory_terms(a, g, t, ids, mf, mg, mt, mids, memory_push=False),
+                                    (f,))
     w = contextual_reference(torch.cat([t, mt]), k, 3.0, torch.cat([ids, mids]))[0][:n]
     a = loss.memory_terms(f, g, t, ids, mf, mg, mt, mids)
     b = loss(f, g, t, ids, (mf, mg, mt, mids), weights=w)
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="weights must have shape"):
         loss(f, g, t, ids, (mf, mg, mt, mids), weights=w[:, :-1])
+
+
+def test_given_batch_weights_replace_the_teachers_contextual_similarity():
+    """weights (N, N) without memory: the in-batch loss with those targets (what memory_columns="context"
+    passes); the teacher's own w gives the plain loss back; a wrong shape is a named error."""
+    n = 10
+    f, g, t, *_ = _memory_case(11, n, 0, 4, 5)
+    ids = torch.arange(n // 2).repeat(2)
+    loss = STMLLoss(k=4)
+    w = contextual_reference(t, 4, 3.0, ids)[0]
+    torch.testing.assert_close(loss(f, g, t, ids, weights=w), loss(f, g, t, ids))
+    other = torch.rand(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    a = loss(f, g, t * 0, ids, weights=other)
+    assert torch.allclose(loss.parts.weights, other) and not torch.allclose(a, loss(f, g, t, ids))
+    with pytest.raises(ValueError, match=r"weights must have shape \(10, 10\)"):
+        loss(f, g, t, ids, weights=other[:, :-1])
 
 
 def _rc_g_of(loss, f, g, t, ids, mf, mg, mt, mids):
@@ -333,6 +354,46 @@ def test_memory_weight_blends_the_memory_loss_with_the_batch_loss(split):
     torch.testing.assert_close(out.loss, ref)
     with pytest.raises(ValueError, match="memory_weight"):
         make_config("stml_memory", "small", [("test", {"memory_weight": 1.5})])
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_memory_columns_context_and_pull(split, cache):
+    """memory_columns="context": the in-batch loss with the batch block of the targets computed over batch ∪
+    live memory; "pull": the memory terms without the memory columns' push part. Both against the loss
+    called by hand, with and without the cached teacher Gram."""
+    from ssml_fast.methods import Batch
+
+    mems = {c: _stml_memory(split, memory_columns=c, memory_cache=cache) for c in ("context", "pull")}
+    x = split.train_images[:40]
+    batch = Batch([x, x.flip(-1)], None, torch.arange(40))
+    xx, ids = torch.cat(batch.views), batch.index.repeat(2)
+    past = torch.randn(60, sum(mems["pull"]._dims), generator=torch.Generator().manual_seed(2))
+    past_ids = torch.arange(30, 90)  # ids 30-39 are in the batch: excluded
+    for m in mems.values():
+        m.steps_done.fill_(10)
+        m.memory.enqueue(past, ids=past_ids)
+        if m.cache is not None:
+            m.cache.enqueued(0, 60, m.memory.view()[0][:, : m._dims[0]], (m.memory.ptr, m.memory.count))
+    with torch.no_grad():
+        t = mems["pull"].teacher(xx)
+    ref_m = _stml_memory(split)
+    live = ~torch.isin(past_ids, ids)
+    mt = past[live, : ref_m._dims[0]]
+    w = contextual_reference(torch.cat([t, mt]), ref_m.loss_fn.k, ref_m.loss_fn.sigma,
+                             torch.cat([ids, past_ids[live]]))[0][: len(ids)]
+    for c, m in mems.items():
+        out = m.training_step(batch)
+        f, g = m._student(xx)
+        if c == "context":
+            ref = m.loss_fn(f, g, t, ids, weights=w[:, : len(ids)].float())
+        else:
+            ref = m.loss_fn(f, g, t, ids, m._memory_for(ids), memory_push=False)
+        torch.testing.assert_close(out.loss, ref, rtol=1e-4, atol=1e-6, msg=c)
+        assert out.logs["memory_used"] == 50.0
+    from ssml_fast.config import ConfigError
+
+    with pytest.raises(ConfigError, match="memory_columns"):
+        make_config("stml_memory", "small", [("test", {"memory_columns": "negatives"})])
 
 
 def test_cached_teacher_gram_gives_the_fused_op_loss_step_after_step(split):

@@ -64,10 +64,12 @@ class STMLLoss(nn.Module):
         self.parts: STMLParts | None = None
 
     def forward(self, student_f: torch.Tensor, student_g: torch.Tensor, teacher_g: torch.Tensor,
-                ids: torch.Tensor, memory: "tuple | None" = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+                ids: torch.Tensor, memory: "tuple | None" = None, weights: torch.Tensor | None = None,
+                memory_push: bool = True) -> torch.Tensor:
         """memory: optional (mem_f (M, D_f), mem_g (M, D_g), mem_t (M, D_t), mem_ids (M,)) of past samples
         (detached; see `memory_terms`), with optional precomputed soft targets `weights` (N, N + M).
-        Without memory (or with M = 0) this is the in-batch loss above."""
+        Without memory (or with M = 0) this is the in-batch loss above; `weights` (N, N) then replaces the
+        teacher's in-batch contextual similarity (teacher_g is not read). memory_push: see `memory_terms`."""
         for name, t in (("student_f", student_f), ("student_g", student_g), ("teacher_g", teacher_g)):
             _checks.check_embeddings(name, t)
         n = student_f.shape[0]
@@ -83,19 +85,22 @@ class STMLLoss(nn.Module):
         with _pairs.autocast_off(student_f):
             return self._forward(student_f.float() if student_f.dtype in _HALF else student_f,
                                  student_g.float() if student_g.dtype in _HALF else student_g,
-                                 teacher_g, ids, memory, weights)
+                                 teacher_g, ids, memory, weights, memory_push)
 
-    def _forward(self, student_f, student_g, teacher_g, ids, memory, weights=None):
+    def _forward(self, student_f, student_g, teacher_g, ids, memory, weights=None, memory_push=True):
         n = student_f.shape[0]
         if memory is not None and memory[0].shape[0] > 0:
-            return self.memory_terms(student_f, student_g, teacher_g, ids, *memory, weights=weights)
+            return self.memory_terms(student_f, student_g, teacher_g, ids, *memory, weights=weights,
+                                     memory_push=memory_push)
+        if weights is not None:
+            return self._terms(student_f, student_g, _checked_weights(weights, n, n, student_f.device))
         if self.k > n:
             raise ValueError(f"k={self.k} neighbours need a batch of at least k rows, got N={n}")
         w = contextual_similarity(teacher_g.detach(), self.k, self.sigma, ids).to(student_f.device)
         return self._terms(student_f, student_g, w)
 
     def memory_terms(self, student_f, student_g, teacher_g, ids, mem_f, mem_g, mem_t, mem_ids,
-                     weights: torch.Tensor | None = None) -> torch.Tensor:
+                     weights: torch.Tensor | None = None, memory_push: bool = True) -> torch.Tensor:
         """The loss with C = N + M columns: the N batch rows against batch ∪ memory (thesis 6.2).
 
         w = contextual_similarity over the C teacher embeddings [teacher_g; mem_t] with ids [ids; mem_ids],
@@ -106,6 +111,9 @@ class STMLLoss(nn.Module):
         Memory rows sharing an id with a batch row must have been removed by the caller.
         weights: the (N, C) soft targets when the caller has them already (stml_memory's ContextualCache
         computes the same w from a cached memory Gram); teacher_g / mem_t are then not read.
+        memory_push=False drops the push part (1 - w) [delta - d^]_+^2 of the memory columns: memory entries
+        then only pull the batch rows towards those the targets call similar (stml_memory's
+        memory_columns="pull"); the normaliser N (C - 1) and the KL are unchanged.
         """
         n, m = student_f.shape[0], mem_f.shape[0]
         c = n + m
@@ -116,13 +124,10 @@ class STMLLoss(nn.Module):
             w = contextual_similarity(t_all, self.k, self.sigma, torch.cat([ids, mem_ids.to(ids.device)]))
             w = w[:n].to(student_f.device)
         else:
-            if tuple(weights.shape) != (n, c):
-                raise ValueError(f"weights must have shape ({n}, {c}) (batch rows x batch ∪ memory), got "
-                                 f"{tuple(weights.shape)}")
-            w = weights.detach().to(student_f.device)
-        return self._terms(student_f, student_g, w, mem_f, mem_g)
+            w = _checked_weights(weights, n, c, student_f.device)
+        return self._terms(student_f, student_g, w, mem_f, mem_g, memory_push)
 
-    def _terms(self, student_f, student_g, w, mem_f=None, mem_g=None):
+    def _terms(self, student_f, student_g, w, mem_f=None, mem_g=None, memory_push=True):
         """0.5 (RC(f) + RC(g)) + KL over the batch rows against [batch; memory] (no memory: the batch)."""
         n = student_f.shape[0]
         c = n + (0 if mem_f is None else mem_f.shape[0])
@@ -130,9 +135,16 @@ class STMLLoss(nn.Module):
         rc_scale = 1.0 / (n * (c - 1)) if self.form == "code" else 1.0 / n
         kl_scale = (self.kl.temperature ** 2 if self.form == "code" else 1.0) / n
         total, rc_f, rc_g, kl = _STMLTerms.apply(student_f, student_g, w.detach(), mem_f, mem_g, self.rc, self.kl,
-                                                 rc_scale, kl_scale)
+                                                 rc_scale, kl_scale, memory_push)
         self.parts = STMLParts(total.detach(), rc_f, rc_g, kl, w)
         return total
+
+
+def _checked_weights(weights, n, c, device):
+    if tuple(weights.shape) != (n, c):
+        what = "batch rows x batch ∪ memory" if c != n else "batch rows x batch"
+        raise ValueError(f"weights must have shape ({n}, {c}) ({what}), got {tuple(weights.shape)}")
+    return weights.detach().to(device)
 
 
 def _as(t, dtype):
@@ -167,7 +179,7 @@ class _STMLTerms(torch.autograd.Function):
     Returns (total, rc_f, rc_g, kl); only total is differentiable."""
 
     @staticmethod
-    def forward(ctx, f, g, w, mem_f, mem_g, rc, kl, rc_scale, kl_scale):
+    def forward(ctx, f, g, w, mem_f, mem_g, rc, kl, rc_scale, kl_scale, memory_push=True):
         d_f, f_bb, f_bm = _distances(f, mem_f)
         d_g, g_bb, g_bm = _distances(g, mem_g)
         rel_f, inv_f = ops.row_relative(d_f)
@@ -176,6 +188,9 @@ class _STMLTerms(torch.autograd.Function):
         # the term itself, bit for bit.
         rc_f, grad_f = rc.sum_and_grad(rel_f, _as(w, rel_f.dtype), 0.5 * rc_scale)
         rc_g, grad_g = rc.sum_and_grad(rel_g, _as(w, rel_g.dtype), 0.5 * rc_scale)
+        if mem_f is not None and not memory_push:
+            rc_f = rc_f - _drop_push(rel_f, w, grad_f, f.shape[0], rc.delta, 0.5 * rc_scale)
+            rc_g = rc_g - _drop_push(rel_g, w, grad_g, g.shape[0], rc.delta, 0.5 * rc_scale)
         kl_v, grad_kl = kl.sum_and_grad(rel_f, _as(rel_g, rel_f.dtype), kl_scale)  # g is the target: no gradient
         grad_f.add_(grad_kl)
         del grad_kl
@@ -197,7 +212,16 @@ class _STMLTerms(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             h = ops.row_relative_backward(grad_g, rel_g, inv_g).mul_(g_total)
             out_g = _embedding_grad(h, g, mem_g, g_bb, g_bm)
-        return out_f, out_g, None, None, None, None, None, None, None
+        return out_f, out_g, None, None, None, None, None, None, None, None
+
+
+def _drop_push(rel, w, grad, n, delta, scale):
+    """The memory columns' push part scale * sum (1 - w) [delta - d^]_+^2, removed from grad in place
+    (its gradient in d^ is -2 scale (1 - w) [delta - d^]_+); returns the value to subtract from the RC sum."""
+    hinge = (delta - rel[:, n:]).clamp_min_(0)
+    keep = (1 - _as(w[:, n:], rel.dtype)).mul_(hinge)  # (1 - w) h
+    grad[:, n:].add_(keep, alpha=2 * scale)
+    return keep.mul_(hinge).sum() * scale
 
 
 def _embedding_grad(h, x, mem, d_bb, d_bm):
