@@ -117,15 +117,20 @@ class STMLLoss(nn.Module):
         """
         n, m = student_f.shape[0], mem_f.shape[0]
         c = n + m
-        if self.k > c:
-            raise ValueError(f"k={self.k} exceeds the {c} rows of batch and memory")
         if weights is None:
-            t_all = torch.cat([teacher_g.detach(), mem_t.to(teacher_g.dtype)])
-            w = contextual_similarity(t_all, self.k, self.sigma, torch.cat([ids, mem_ids.to(ids.device)]))
-            w = w[:n].to(student_f.device)
+            w = self.memory_targets(teacher_g, ids, mem_t, mem_ids).to(student_f.device)
         else:
             w = _checked_weights(weights, n, c, student_f.device)
         return self._terms(student_f, student_g, w, mem_f, mem_g, memory_push)
+
+    def memory_targets(self, teacher_g, ids, mem_t, mem_ids) -> torch.Tensor:
+        """The soft targets w (N, N + M) of the batch rows: the contextual similarity over the N + M teacher
+        embeddings [teacher_g; mem_t] with ids [ids; mem_ids], no gradient."""
+        n, c = teacher_g.shape[0], teacher_g.shape[0] + mem_t.shape[0]
+        if self.k > c:
+            raise ValueError(f"k={self.k} exceeds the {c} rows of batch and memory")
+        t_all = torch.cat([teacher_g.detach(), mem_t.detach().to(teacher_g.dtype)])
+        return contextual_similarity(t_all, self.k, self.sigma, torch.cat([ids, mem_ids.to(ids.device)]))[:n]
 
     def _terms(self, student_f, student_g, w, mem_f=None, mem_g=None, memory_push=True):
         """0.5 (RC(f) + RC(g)) + KL over the batch rows against [batch; memory] (no memory: the batch)."""

@@ -94,8 +94,8 @@ class STMLMemory(STML):
         # 0.814 / 0.776, M = 256 0.809 / 0.774 (within the seed spread 0.031: preset kept), plain stml
         # 0.821 / 0.775: the memory does not help on this data. memory_columns="pull": chosen on both validation
         # splits of training classes (fit 0-2 / validate 3-4, fit 5-7 / validate 8-9; seeds 0-3,
-        # bench/memory_columns_validation.py, results_presets.md): above "all" in 7 of the 8 same-seed pairs,
-        # +0.0034 / +0.0040 MAP@R on the means; "context" -0.0007 / -0.0008.
+        # bench/memory_columns_validation.py, results_memory_columns.md): above "all" in 7 of the 8 same-seed
+        # pairs, +0.0034 / +0.0040 MAP@R on the means; "context" -0.0006 / -0.0008.
         "small": {**STML.presets["small"], "memory_size": 512, "memory_warmup": 100, "memory_columns": "pull"},
     }
 
@@ -131,17 +131,6 @@ class STMLMemory(STML):
                                   self.loss_fn.k, self.loss_fn.sigma, dead=dead)
         return w
 
-    def _uncached_weights(self, t, ids, memory):
-        """The (N, N + K) soft targets by the fused op over [batch; live memory] (memory_cache=False)."""
-        from ..ops.contextual import contextual_similarity
-
-        k, n = self.loss_fn.k, t.shape[0]
-        if k > n + memory[2].shape[0]:
-            raise ValueError(f"k={k} exceeds the {n + memory[2].shape[0]} rows of batch and memory")
-        w = contextual_similarity(torch.cat([t, memory[2].to(t.dtype)]), k, self.loss_fn.sigma,
-                                  torch.cat([ids, memory[3].to(ids.device)]))
-        return w[:n]
-
     def training_step(self, batch: Batch) -> StepOutput:
         x = torch.cat(batch.views)
         ids = batch.index.repeat(len(batch.views))
@@ -162,8 +151,8 @@ class STMLMemory(STML):
                 weights = self._cached_weights(t, ids)
             if self.config.memory_columns == "context":
                 # the memory only sharpens the targets: w of batch pairs with neighbourhoods over batch ∪ memory
-                if weights is None:
-                    weights = self._uncached_weights(t, ids, memory)
+                if weights is None:  # memory_cache=False: the fused op over [batch; live memory]
+                    weights = self.loss_fn.memory_targets(t, ids, memory[2], memory[3])
                 memory, weights = None, weights[:, : t.shape[0]]
         loss = self.loss_fn(f, g, t, ids, memory, weights=weights,
                             memory_push=self.config.memory_columns != "pull")
