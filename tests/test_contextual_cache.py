@@ -168,16 +168,20 @@ def _rule_lists(sims, ids, dead_u, k):
         group[(ids == ids[i]) & ~dead_u] = 1
         group[dead_u] = 3
         group[i] = 0
-        order = sorted(range(u), key=lambda j: (int(group[j]), -float(sims[i, j]), j))
+        # Stable sorts, last key first: (group, similarity desc, column asc); columns start in ascending order.
+        order = torch.sort(-sims[i], stable=True).indices
+        order = order[torch.sort(group[order], stable=True).indices]
         out.append(order[:k])
-    return torch.tensor(out)
+    return torch.stack(out)
 
 
 @pytest.mark.parametrize("n,count,k,levels,dead_frac", [(6, 9, 8, None, 0.5), (20, 700, 10, None, 0.05),
-                                                         (20, 700, 10, 3, 0.05), (16, 300, 12, None, 0.97)])
+                                                         (20, 700, 10, 3, 0.05), (16, 300, 12, None, 0.97),
+                                                         (24, 1500, 10, None, 0.1), (24, 1500, 10, 3, 0.1)])
 def test_scan_kernel_lists_follow_the_rule_and_fill_with_dead_slots(n, count, k, levels, dead_frac):
-    """The kernel's lists against a plain sort: small memories, a large one (its pruned scan), quantised rows
-    (exact ties everywhere), and a memory so dead that lists are filled with dead slots."""
+    """The kernel's lists against a plain sort: small memories, large ones (the pruned scan: 1500 slots are 23
+    groups of 64 for ~10 wanted, with a partial group at the end), quantised rows (exact ties everywhere),
+    and a memory so dead that lists are filled with dead slots."""
     g = torch.Generator().manual_seed(n + count)
     x = F.normalize(torch.randn(n + count, 5, generator=g), dim=1)
     if levels is not None:

@@ -10,7 +10,7 @@
 // the batch's columns, because a torch.topk over the (M, N + M) similarities every step costs ~80 ms at
 // M = 4096; keeping the lists up to date took ~85 ms of its own. Here each row keeps a k-entry buffer; its
 // memory part is pruned first by a proven bound from 64-column maxima (scan_pruned), then 16-column chunks
-// that cannot enter the buffer are skipped: ~17 ms at M = 4096 on one core of our VM.
+// that cannot enter the buffer are skipped.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -86,65 +86,69 @@ void scan(const float* sims, int64_t len, int64_t col0, TopBuffer& buf, Keep kee
     if (sims[t] >= buf.cut() && keep(col0 + t)) buf.offer(sims[t], col0 + t);
 }
 
+constexpr int64_t kGroup = 4 * kChunk;  // columns per group of the pruning bound
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-// out[c] = max over chunk c (16 floats) of row[j] + penalty[j] (penalty -inf for dead columns, else 0).
-__attribute__((target("avx2"))) void chunk_maxima_avx2(const float* row, const float* penalty, int64_t chunks,
+// out[g] = max over group g (64 floats) of row[j] + penalty[j] (penalty -inf for dead columns, else 0). One
+// horizontal reduction per 64 columns: per 16-column chunk (as before) the reductions were most of the scan.
+__attribute__((target("avx2"))) void group_maxima_avx2(const float* row, const float* penalty, int64_t groups,
                                                       float* out) {
-  for (int64_t c = 0; c < chunks; ++c) {
-    const float* p = row + c * kChunk;
-    const float* q = penalty + c * kChunk;
-    __m256 m = _mm256_max_ps(_mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(q)),
-                             _mm256_add_ps(_mm256_loadu_ps(p + 8), _mm256_loadu_ps(q + 8)));
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* p = row + g * kGroup;
+    const float* q = penalty + g * kGroup;
+    __m256 m = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(q));
+    for (int64_t o = 8; o < kGroup; o += 8)
+      m = _mm256_max_ps(m, _mm256_add_ps(_mm256_loadu_ps(p + o), _mm256_loadu_ps(q + o)));
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-    out[c] = _mm_cvtss_f32(h);
+    out[g] = _mm_cvtss_f32(h);
   }
 }
 #else
-void chunk_maxima_avx2(const float*, const float*, int64_t, float*) {}
+void group_maxima_avx2(const float*, const float*, int64_t, float*) {}
 #endif
 
-void chunk_maxima(const float* row, const float* penalty, int64_t chunks, float* out, bool avx2) {
-  if (avx2) return chunk_maxima_avx2(row, penalty, chunks, out);
-  for (int64_t c = 0; c < chunks; ++c) {
+void group_maxima(const float* row, const float* penalty, int64_t groups, float* out, bool avx2) {
+  if (avx2) return group_maxima_avx2(row, penalty, groups, out);
+  for (int64_t g = 0; g < groups; ++g) {
     float m = -std::numeric_limits<float>::infinity();
-    for (int64_t q = c * kChunk; q < (c + 1) * kChunk; ++q) m = std::max(m, row[q] + penalty[q]);
-    out[c] = m;
+    for (int64_t q = g * kGroup; q < (g + 1) * kGroup; ++q) m = std::max(m, row[q] + penalty[q]);
+    out[g] = m;
   }
 }
 
 // scan() over a memory row, pruned first. Refused columns are the dead ones (penalised to -inf in the
 // maxima) and `extra` others. A bound tau at most the cap-th best kept value: of any cap + extra groups of
 // columns whose maxima are >= tau, at least cap hold no refused column, so at least cap kept values are >= tau.
-// Groups of 64 columns give tau cheaply (the want-th largest of len / 64 maxima); the 16-column chunks whose
-// maximum reaches tau (and the running cut) are then looked into. maxima: scratch of len / 16 floats.
+// Groups of 64 columns give tau cheaply (the want-th largest of len / 64 maxima); in the groups whose maximum
+// reaches tau (and the running cut) the 16-column chunks with an entry reaching both are looked into. Which
+// entries are offered, and in which order, is the plain scan's, so the lists are the same.
+// maxima: scratch of len / 64 floats.
 template <typename Keep>
 void scan_pruned(const float* sims, int64_t len, int64_t col0, TopBuffer& buf, Keep keep, const float* penalty,
                  int64_t extra, float* maxima, bool avx2) {
-  constexpr int64_t kGroup = 4;  // chunks per group
-  const int64_t chunks = len / kChunk, groups = chunks / kGroup, want = buf.cap + extra;
+  const int64_t groups = len / kGroup, want = buf.cap + extra;
   float tau = -std::numeric_limits<float>::infinity();
+  int64_t t = 0;
   if (groups > want) {
-    chunk_maxima(sims, penalty, chunks, maxima, avx2);
+    group_maxima(sims, penalty, groups, maxima, avx2);
     TopBuffer best;  // the `want` largest group maxima (want <= 64: the caller checks)
     best.cap = want;
-    for (int64_t g = 0; g < groups; ++g) {
-      const float* m = maxima + g * kGroup;
-      const float gm = std::max(std::max(m[0], m[1]), std::max(m[2], m[3]));
-      if (gm >= best.cut()) best.offer(gm, g);
-    }
+    for (int64_t g = 0; g < groups; ++g)
+      if (maxima[g] >= best.cut()) best.offer(maxima[g], g);
     tau = best.val[want - 1];
-    for (int64_t c = 0; c < chunks; ++c) {
-      if (!(maxima[c] >= tau) || !(maxima[c] >= buf.cut())) continue;
-      for (int64_t q = c * kChunk; q < (c + 1) * kChunk; ++q)
-        if (sims[q] >= tau && sims[q] >= buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
+    for (int64_t g = 0; g < groups; ++g) {
+      if (!(maxima[g] >= tau) || !(maxima[g] >= buf.cut())) continue;
+      for (int64_t c = g * kGroup; c < (g + 1) * kGroup; c += kChunk) {
+        if (!chunk_exceeds(sims + c, std::max(tau, buf.cut()), avx2)) continue;
+        for (int64_t q = c; q < c + kChunk; ++q)
+          if (sims[q] >= tau && sims[q] >= buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
+      }
     }
-  } else {
-    for (int64_t q = 0; q < chunks * kChunk; ++q)
-      if (sims[q] >= buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
+    t = groups * kGroup;
   }
-  for (int64_t q = chunks * kChunk; q < len; ++q)  // the tail past the last whole chunk
+  for (int64_t q = t; q < len; ++q)  // no bound (few groups), or the tail past the last whole group
     if (sims[q] >= tau && sims[q] >= buf.cut() && keep(col0 + q)) buf.offer(sims[q], col0 + q);
 }
 
@@ -209,7 +213,7 @@ at::Tensor contextual_cache_neighbours_cpu(const at::Tensor& g_bb_in, const at::
   const bool avx2 = cpu_has_avx2_fma();
   at::parallel_for(0, u, 64, [&](int64_t b, int64_t e) {
     std::vector<std::pair<float, int64_t>> forced;
-    std::vector<float> maxima(count / kChunk + 1);
+    std::vector<float> maxima(count / kGroup + 1);
     for (int64_t i = b; i < e; ++i) {
       int64_t* list = O + i * k;
       // Forced: i, then its id's other live rows by (similarity desc, column asc).
