@@ -259,7 +259,7 @@ its floor is ~8.3 ms. The loss calls start without .grad on either side, as in a
 
 stml_memory at M = 4096: the memory's teacher embeddings are constants once stored, so their Gram is kept
 from step to step (`ContextualCache`): a step computes the N x M block, the neighbour lists of the N + M rows
-(on the CPU an exact scan of the cached rows, pruned by chunk maxima) and the batch rows of the contextual
+(on the CPU an exact scan of the cached rows, pruned by 64-column maxima) and the batch rows of the contextual
 similarity, instead of the fused op's (N + M)^2 x 1024 GEMM (38 GFLOP). The student side skips the memory's
 gradient GEMMs and runs the loss terms with closed-form gradients. The floor row is the matrix products any
 exact implementation has to do beyond an STML step (at ~33 GFLOP/s, this core's peak: MKL, OpenBLAS and our
