@@ -80,9 +80,16 @@ def plot_metrics(path: Path, summary: dict) -> Path:
         ax.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=8)
         ax.set_title(label)
         lo = min(v for v in vals if math.isfinite(v)) if vals else 0
-        ax.set_ylim(max(0.0, lo - 0.1), 1.0 if key != "map_at_r" else min(1.0, max(vals) + 0.05))
+        # Many bars: values written upright inside the bars (above them, neighbouring labels overlap), so
+        # the shortest bar needs room for its label.
+        inside = len(rows) > 8
+        hi = 1.0 if key != "map_at_r" else min(1.0, max(vals) + 0.05)
+        ax.set_ylim(max(0.0, lo - (0.2 * (hi - lo) + 0.1 if inside else 0.1)), hi)
         for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+            if inside:
+                ax.text(i, v - 0.004, f"{v:.3f}", ha="center", va="top", rotation=90, color="white", fontsize=7)
+            else:
+                ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLORS.values()]
     fig.legend(handles, list(KIND_COLORS), loc="upper right", fontsize=8, ncol=3)
     fig.suptitle(f"{summary['dataset']}: retrieval of unseen classes {summary['test_classes']}", fontsize=10, x=0.3)
