@@ -22,6 +22,7 @@ from select_presets import DATASET, baselines, train_and_validate  # noqa: E402
 
 USED, FIT, VAL = (5, 6, 7, 8, 9), (5, 6, 7), (8, 9)
 CANDIDATES = [("stml", "preset", {}), ("stml_memory", "preset", {}),
+              ("stml_memory", "memory_columns=all", {"memory_columns": "all"}),  # the preset before stop 23
               ("stml_memory", "memory_weight=0.5", {"memory_weight": 0.5}),
               ("stml_memory", "memory_size=256", {"memory_size": 256})]
 
