@@ -80,7 +80,10 @@ TORCH_LIBRARY(ssml_fast, m) {
   // dL/d dist from dL/d rel: (grad_ij - (1/c) sum_l grad_il rel_il) * inv_i, 0 at j = i.
   m.def("row_relative_backward(Tensor grad, Tensor rel, Tensor inv) -> Tensor");
   // -> (scale * sum_i sum_{j != i} w d^2 + (1 - w) [delta - d]_+^2 (0-d), its gradient in dist (n, c)).
-  m.def("relaxed_contrastive_rows(Tensor dist, Tensor weights, float delta, float scale) -> (Tensor, Tensor)");
+  // Columns j >= push_cols (when push_cols >= 0) take the pull part w d^2 only: stml_memory's memory columns
+  // that pull without pushing. -1: every column.
+  m.def("relaxed_contrastive_rows(Tensor dist, Tensor weights, float delta, float scale, int push_cols=-1) -> "
+        "(Tensor, Tensor)");
   // p_i = softmax_j(-student_dist_ij / T), q_i = softmax_j(-teacher_dist_ij / T) over the columns (without
   // column i when exclude_self) -> (scale * sum_i KL(q_i || p_i) (0-d), scale * (q - p) / T (n, c)), the
   // gradient in student_dist (teacher_dist is a constant).

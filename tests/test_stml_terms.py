@@ -91,6 +91,34 @@ def test_row_relative_and_backward(n, c, dtype):
     assert (got.diagonal() == 0).all()
 
 
+def ref_rc_pull_from(d, w, delta, scale, push_cols):
+    """ref_rc with the push part dropped in columns j >= push_cols."""
+    m = self_mask(d)
+    d = d.masked_fill(m, 0.0)
+    push = (torch.arange(d.shape[1]) < push_cols).to(d.dtype)
+    pair = w * d ** 2 + push * (1 - w) * torch.relu(delta - d) ** 2
+    return scale * torch.where(m, torch.zeros_like(d), pair).sum()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,c", [(1, 3), (3, 3), (4, 9), (5, 13), (16, 40)])
+def test_relaxed_contrastive_rows_pull_only_columns(n, c, dtype):
+    """push_cols: columns from push_cols on keep only w d^2 (push_cols = c: every column pushes, as -1;
+    push_cols = 0 drops every push part, the self pairs' included, which carry nothing anyway)."""
+    d = rand_dist(n, c, dtype, seed=3 * n + c)
+    w = torch.rand(n, c, generator=torch.Generator().manual_seed(n), dtype=torch.float64).to(dtype)
+    for push_cols in (0, n, (n + c) // 2, c):
+        v, g = OPS.relaxed_contrastive_rows(d, w, 0.8, 0.5, push_cols)
+        want_v, want_g = ref_grad(ref_rc_pull_from, d.double(), w.double(), 0.8, 0.5, push_cols)
+        torch.testing.assert_close(v, want_v.to(dtype), **tol(dtype))
+        torch.testing.assert_close(g, want_g.to(dtype), **tol(dtype))
+    torch.testing.assert_close(OPS.relaxed_contrastive_rows(d, w, 0.8, 0.5, c),
+                               OPS.relaxed_contrastive_rows(d, w, 0.8, 0.5, -1), rtol=0, atol=0)
+    for bad in (-2, c + 1):
+        with pytest.raises(ValueError, match="push_cols must be -1 or in"):
+            OPS.relaxed_contrastive_rows(d, w, 0.8, 0.5, bad)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,c", SHAPES)
 @pytest.mark.parametrize("delta,scale", [(1.0, 1.0), (0.7, 0.25), (0.0, 3.0)])
@@ -246,11 +274,12 @@ def _opcheck_samples():
         out += [(OPS.row_relative.default, (d, 1e-12)),
                 (OPS.row_relative_backward.default, (w, rel, inv)),
                 (OPS.relaxed_contrastive_rows.default, (d, w, 1.0, 0.5)),
+                (OPS.relaxed_contrastive_rows.default, (d, w, 1.0, 0.5, n)),
                 (OPS.self_distillation_kl_rows.default, (d, w * 2, 1.0, c >= 2, 0.25))]
     return out
 
 
-@pytest.mark.parametrize("i", range(12))
+@pytest.mark.parametrize("i", range(15))
 def test_opcheck(i):
     op, args = _opcheck_samples()[i]
     torch.library.opcheck(op, args)

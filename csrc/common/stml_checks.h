@@ -21,6 +21,13 @@ inline void check_like(const char* name, const at::Tensor& t, const at::Tensor& 
                     ref.device());
 }
 
+// push_cols of relaxed_contrastive_rows: -1 (every column pushes) or a column index in [0, c]; returns the
+// first column without a push part.
+inline int64_t checked_push_cols(int64_t push_cols, int64_t c) {
+  TORCH_CHECK_VALUE(push_cols >= -1 && push_cols <= c, "push_cols must be -1 or in [0, ", c, "], got ", push_cols);
+  return push_cols < 0 ? c : push_cols;
+}
+
 inline void check_row_vector(const char* name, const at::Tensor& t, const at::Tensor& ref) {
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == ref.size(0), name, " must have shape (", ref.size(0), "), got ",
                     t.sizes());

@@ -38,6 +38,13 @@ SSML_HD A rc_grad(A d, A w, A delta) {
   return A(2) * ((d + r) * w - r);
 }
 
+// The pull part alone, w d^2, and its derivative 2 w d: a column that pulls without pushing.
+template <typename A>
+SSML_HD A rc_pull_value(A d, A w) { return d * d * w; }
+
+template <typename A>
+SSML_HD A rc_pull_grad(A d, A w) { return A(2) * d * w; }
+
 // One column of KL(q || p) for a row, with log p = lf - lse_f and log q = lg - lse_g the log-softmaxes of
 // the logits lf = -d^f / T, lg = -d^g / T. q log(q / p), 0 where q is 0 (q log q -> 0, also for -inf
 // logits); the derivative in d^f is (q - p) / T.

@@ -80,14 +80,19 @@ void relative_backward_row(const T* g, const T* r, T k, T* out, int64_t c, int64
 }
 
 // Writes each pair's value into `grad`, sums it without the self pair, then overwrites it with the
-// gradient: two branch-free passes. Returns the row's sum.
+// gradient: branch-free passes (columns from `pull_from` on take the pull part only). Returns the row's sum.
 template <typename T>
-double relaxed_contrastive_row(const T* d, const T* w, T* grad, int64_t c, int64_t i, T delta, T scale) {
+double relaxed_contrastive_row(const T* d, const T* w, T* grad, int64_t c, int64_t i, T delta, T scale,
+                               int64_t pull_from) {
 #pragma omp simd
-  for (int64_t j = 0; j < c; ++j) grad[j] = rc_value<T>(d[j], w[j], delta);
+  for (int64_t j = 0; j < pull_from; ++j) grad[j] = rc_value<T>(d[j], w[j], delta);
+#pragma omp simd
+  for (int64_t j = pull_from; j < c; ++j) grad[j] = rc_pull_value<T>(d[j], w[j]);
   const double s = sum_except(grad, c, i);
 #pragma omp simd
-  for (int64_t j = 0; j < c; ++j) grad[j] = rc_grad<T>(d[j], w[j], delta) * scale;
+  for (int64_t j = 0; j < pull_from; ++j) grad[j] = rc_grad<T>(d[j], w[j], delta) * scale;
+#pragma omp simd
+  for (int64_t j = pull_from; j < c; ++j) grad[j] = rc_pull_grad<T>(d[j], w[j]) * scale;
   grad[i] = 0;  // the self pair is not a pair
   return s;
 }
@@ -178,11 +183,11 @@ at::Tensor row_relative_backward_cpu(const at::Tensor& grad_in, const at::Tensor
 }
 
 std::tuple<at::Tensor, at::Tensor> relaxed_contrastive_rows_cpu(const at::Tensor& dist_in, const at::Tensor& w_in,
-                                                                double delta, double scale) {
+                                                                double delta, double scale, int64_t push_cols) {
   check_rows_matrix("dist", dist_in);
   check_like("weights", w_in, dist_in, "dist");
   const at::Tensor dist = dist_in.contiguous(), w = w_in.contiguous();
-  const int64_t n = dist.size(0), c = dist.size(1);
+  const int64_t n = dist.size(0), c = dist.size(1), pull_from = checked_push_cols(push_cols, c);
   at::Tensor grad = at::empty_like(dist);
   std::vector<double> rows(n, 0.0);
   AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "relaxed_contrastive_rows_cpu", [&] {
@@ -192,7 +197,8 @@ std::tuple<at::Tensor, at::Tensor> relaxed_contrastive_rows_cpu(const at::Tensor
     const scalar_t dl = static_cast<scalar_t>(delta), sc = static_cast<scalar_t>(scale);
     at::parallel_for(0, n, row_grain(c), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
-        rows[i] = relaxed_contrastive_row<scalar_t>(d + i * c, wp + i * c, gp + i * c, c, i, dl, sc) * scale;
+        rows[i] = relaxed_contrastive_row<scalar_t>(d + i * c, wp + i * c, gp + i * c, c, i, dl, sc, pull_from) *
+                  scale;
     });
   });
   return {total_of(rows, dist.scalar_type()), grad};

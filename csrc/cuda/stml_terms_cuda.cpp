@@ -47,16 +47,18 @@ at::Tensor row_relative_backward_cuda(const at::Tensor& grad_in, const at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor> relaxed_contrastive_rows_cuda(const at::Tensor& dist_in, const at::Tensor& w_in,
-                                                                 double delta, double scale) {
+                                                                 double delta, double scale, int64_t push_cols) {
   check_rows_matrix("dist", dist_in);
   check_like("weights", w_in, dist_in, "dist");
+  const int64_t pull_from = checked_push_cols(push_cols, dist_in.size(1));
   c10::cuda::CUDAGuard guard(dist_in.device());
   const at::Tensor dist = dist_in.contiguous(), w = w_in.contiguous();
   at::Tensor grad = at::empty_like(dist), rows = at::empty({dist.size(0)}, dist.options());
   AT_DISPATCH_FLOATING_TYPES(dist.scalar_type(), "relaxed_contrastive_rows_cuda", [&] {
     cuda::relaxed_contrastive_rows<scalar_t>(dist.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                              grad.data_ptr<scalar_t>(), rows.data_ptr<scalar_t>(), dist.size(0),
-                                             dist.size(1), delta, scale, c10::cuda::getCurrentCUDAStream());
+                                             dist.size(1), delta, scale, pull_from,
+                                             c10::cuda::getCurrentCUDAStream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {rows.sum(), grad};

@@ -62,7 +62,7 @@ __global__ void row_relative_backward_kernel(const T* grad, const T* rel, const 
 
 template <typename T>
 __global__ void relaxed_contrastive_kernel(const T* dist, const T* w, T* grad, T* rows, int64_t c, T delta,
-                                           T scale) {
+                                           T scale, int64_t pull_from) {
   __shared__ T shared[kThreads];
   const int64_t i = blockIdx.x;
   const T* di = dist + i * c;
@@ -70,8 +70,9 @@ __global__ void relaxed_contrastive_kernel(const T* dist, const T* w, T* grad, T
   T* gi = grad + i * c;
   T s = 0;
   for (int64_t j = threadIdx.x; j < c; j += kThreads) {
-    s += j == i ? T(0) : rc_value<T>(di[j], wi[j], delta);
-    gi[j] = j == i ? T(0) : rc_grad<T>(di[j], wi[j], delta) * scale;
+    const bool push = j < pull_from;
+    s += j == i ? T(0) : (push ? rc_value<T>(di[j], wi[j], delta) : rc_pull_value<T>(di[j], wi[j]));
+    gi[j] = j == i ? T(0) : (push ? rc_grad<T>(di[j], wi[j], delta) : rc_pull_grad<T>(di[j], wi[j])) * scale;
   }
   s = block_reduce(s, shared, Sum{});
   if (threadIdx.x == 0) rows[i] = s * scale;
@@ -132,10 +133,10 @@ void row_relative_backward(const T* grad, const T* rel, const T* inv, T* out, in
 
 template <typename T>
 void relaxed_contrastive_rows(const T* dist, const T* w, T* grad, T* rows, int64_t n, int64_t c, double delta,
-                              double scale, cudaStream_t s) {
+                              double scale, int64_t pull_from, cudaStream_t s) {
   if (n == 0) return;
   relaxed_contrastive_kernel<T><<<static_cast<unsigned>(n), kThreads, 0, s>>>(
-      dist, w, grad, rows, c, static_cast<T>(delta), static_cast<T>(scale));
+      dist, w, grad, rows, c, static_cast<T>(delta), static_cast<T>(scale), pull_from);
 }
 
 template <typename T>
@@ -151,7 +152,7 @@ void self_distillation_kl_rows(const T* df, const T* dg, T* grad, T* rows, int64
   template void row_relative<T>(const T*, T*, T*, int64_t, int64_t, double, cudaStream_t);                   \
   template void row_relative_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, cudaStream_t);  \
   template void relaxed_contrastive_rows<T>(const T*, const T*, T*, T*, int64_t, int64_t, double, double,    \
-                                            cudaStream_t);                                                   \
+                                            int64_t, cudaStream_t);                                          \
   template void self_distillation_kl_rows<T>(const T*, const T*, T*, T*, int64_t, int64_t, double, bool,     \
                                              double, cudaStream_t);
 SSML_INSTANTIATE(float)

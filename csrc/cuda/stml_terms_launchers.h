@@ -17,7 +17,7 @@ void row_relative_backward(const T* grad, const T* rel, const T* inv, T* out, in
 
 template <typename T>
 void relaxed_contrastive_rows(const T* dist, const T* w, T* grad, T* rows, int64_t n, int64_t c, double delta,
-                              double scale, cudaStream_t s);
+                              double scale, int64_t pull_from, cudaStream_t s);
 
 template <typename T>
 void self_distillation_kl_rows(const T* df, const T* dg, T* grad, T* rows, int64_t n, int64_t c,

@@ -100,8 +100,8 @@ class RelaxedContrastiveLoss(nn.Module):
         dist = dist.to(_checks.compute_dtype(dist))
         return _RelaxedContrastiveSum.apply(dist, weights.detach().to(dist.dtype), float(self.delta), 1.0 / n)
 
-    def sum_and_grad(self, dist: torch.Tensor, weights: torch.Tensor, scale: float = 1.0):
+    def sum_and_grad(self, dist: torch.Tensor, weights: torch.Tensor, scale: float = 1.0, push_cols: int = -1):
         """(scale * the pair sum above, its gradient in dist), without autograd: the fused kernel behind
         from_distances, for callers that chain several terms into one autograd node (STMLLoss). dist (n, c)
-        float32 / float64, weights of its dtype."""
-        return ops.relaxed_contrastive_rows(dist, weights, self.delta, scale)
+        float32 / float64, weights of its dtype; columns j >= push_cols (>= 0) without the push part."""
+        return ops.relaxed_contrastive_rows(dist, weights, self.delta, scale, push_cols)

@@ -191,11 +191,9 @@ class _STMLTerms(torch.autograd.Function):
         rel_g, inv_g = ops.row_relative(d_g)
         # 0.5 * scale: RC enters the total halved; the halving is exact in floating point, so 2 * value is
         # the term itself, bit for bit.
-        rc_f, grad_f = rc.sum_and_grad(rel_f, _as(w, rel_f.dtype), 0.5 * rc_scale)
-        rc_g, grad_g = rc.sum_and_grad(rel_g, _as(w, rel_g.dtype), 0.5 * rc_scale)
-        if mem_f is not None and not memory_push:
-            rc_f = rc_f - _drop_push(rel_f, w, grad_f, f.shape[0], rc.delta, 0.5 * rc_scale)
-            rc_g = rc_g - _drop_push(rel_g, w, grad_g, g.shape[0], rc.delta, 0.5 * rc_scale)
+        push_cols = -1 if memory_push else f.shape[0]  # memory columns (from n on) pull only
+        rc_f, grad_f = rc.sum_and_grad(rel_f, _as(w, rel_f.dtype), 0.5 * rc_scale, push_cols)
+        rc_g, grad_g = rc.sum_and_grad(rel_g, _as(w, rel_g.dtype), 0.5 * rc_scale, push_cols)
         kl_v, grad_kl = kl.sum_and_grad(rel_f, _as(rel_g, rel_f.dtype), kl_scale)  # g is the target: no gradient
         grad_f.add_(grad_kl)
         del grad_kl
@@ -218,15 +216,6 @@ class _STMLTerms(torch.autograd.Function):
             h = ops.row_relative_backward(grad_g, rel_g, inv_g).mul_(g_total)
             out_g = _embedding_grad(h, g, mem_g, g_bb, g_bm)
         return out_f, out_g, None, None, None, None, None, None, None, None
-
-
-def _drop_push(rel, w, grad, n, delta, scale):
-    """The memory columns' push part scale * sum (1 - w) [delta - d^]_+^2, removed from grad in place
-    (its gradient in d^ is -2 scale (1 - w) [delta - d^]_+); returns the value to subtract from the RC sum."""
-    hinge = (delta - rel[:, n:]).clamp_min_(0)
-    keep = (1 - _as(w[:, n:], rel.dtype)).mul_(hinge)  # (1 - w) h
-    grad[:, n:].add_(keep, alpha=2 * scale)
-    return keep.mul_(hinge).sum() * scale
 
 
 def _embedding_grad(h, x, mem, d_bb, d_bm):

@@ -24,7 +24,7 @@ def _row_relative_backward_fake(grad, rel, inv):
 
 
 @torch.library.register_fake("ssml_fast::relaxed_contrastive_rows")
-def _relaxed_contrastive_rows_fake(dist, weights, delta, scale):
+def _relaxed_contrastive_rows_fake(dist, weights, delta, scale, push_cols=-1):
     return dist.new_empty(()), torch.empty_like(dist)
 
 
@@ -44,10 +44,11 @@ def row_relative_backward(grad: torch.Tensor, rel: torch.Tensor, inv: torch.Tens
     return torch.ops.ssml_fast.row_relative_backward(grad, rel, inv)
 
 
-def relaxed_contrastive_rows(dist: torch.Tensor, weights: torch.Tensor, delta: float,
-                             scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale * sum_i sum_{j != i} w_ij d_ij^2 + (1 - w_ij) [delta - d_ij]_+^2, its gradient in dist)."""
-    return torch.ops.ssml_fast.relaxed_contrastive_rows(dist, weights, float(delta), float(scale))
+def relaxed_contrastive_rows(dist: torch.Tensor, weights: torch.Tensor, delta: float, scale: float = 1.0,
+                             push_cols: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale * sum_i sum_{j != i} w_ij d_ij^2 + (1 - w_ij) [delta - d_ij]_+^2, its gradient in dist).
+    push_cols >= 0: columns j >= push_cols take the pull part w_ij d_ij^2 only (no push)."""
+    return torch.ops.ssml_fast.relaxed_contrastive_rows(dist, weights, float(delta), float(scale), int(push_cols))
 
 
 def self_distillation_kl_rows(student_dist: torch.Tensor, teacher_dist: torch.Tensor, temperature: float,
