@@ -108,17 +108,18 @@ class STMLMemory(STML):
         self._pending = None
         self._global_rows = 0  # rows of the (gathered) batch: what the queue writes under torchrun
 
-    def _memory_for(self, ids: torch.Tensor, with_teacher: bool = True):
+    def _memory_for(self, ids: torch.Tensor, with_teacher: bool = True, with_students: bool = True):
         """(f, g, t, ids) of the live memory entries (those sharing no id with the batch), in slot order (the
         cache's column order), each part gathered contiguous; t is None when not asked for (the cache
-        has its Gram)."""
+        has its Gram), f and g are None when not asked for (memory_columns="context" reads no student rows)."""
         if self.memory is None or len(self.memory) == 0 or int(self.steps_done) < self.config.memory_warmup:
             return None
         emb, _, mem_ids = self.memory.view()
         keep = torch.nonzero(~torch.isin(mem_ids, ids)).flatten()
         t, f, g = emb.split(self._dims, dim=1)
         t = t.index_select(0, keep) if with_teacher else None
-        return f.index_select(0, keep), g.index_select(0, keep), t, mem_ids.index_select(0, keep)
+        f, g = (f.index_select(0, keep), g.index_select(0, keep)) if with_students else (None, None)
+        return f, g, t, mem_ids.index_select(0, keep)
 
     def _cached_weights(self, t: torch.Tensor, ids: torch.Tensor):
         """The soft targets (N, N + K) over [batch; live memory] from the cache."""
@@ -143,13 +144,14 @@ class STMLMemory(STML):
         # single-process loss of the global batch, against the memory every rank holds identically.
         f, g, t, ids = gather_batch(f, g, t, ids)
         self._global_rows = ids.shape[0]
-        memory = self._memory_for(ids, with_teacher=self.cache is None)
+        context = self.config.memory_columns == "context"
+        memory = self._memory_for(ids, with_teacher=self.cache is None, with_students=not context)
         weights = None
-        used = 0 if memory is None else memory[0].shape[0]
+        used = 0 if memory is None else memory[3].shape[0]
         if used:
             if self.cache is not None:
                 weights = self._cached_weights(t, ids)
-            if self.config.memory_columns == "context":
+            if context:
                 # the memory only sharpens the targets: w of batch pairs with neighbourhoods over batch ∪ memory
                 if weights is None:  # memory_cache=False: the fused op over [batch; live memory]
                     weights = self.loss_fn.memory_targets(t, ids, memory[2], memory[3])
