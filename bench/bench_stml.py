@@ -178,7 +178,7 @@ def run(write: bool = True) -> dict:
             row_loop(t, 10, 3.0, ids)
 
     # memory_columns="all": the method's default (every term over batch ∪ memory); "pull" (the small preset's
-    # form) drops the memory columns' push part, one more elementwise pass over the (N, M) block per head.
+    # form) drops the memory columns' push part inside the same relaxed contrastive kernel (push_cols).
     mem = _Step("stml_memory", split, memory_size=4096, memory_warmup=0, memory_columns="all")
     while len(mem.m.memory) < 4096:  # fill the memory with real entries first
         mem()
