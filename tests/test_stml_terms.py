@@ -474,6 +474,9 @@ def test_cuda_matches_cpu(n, c, dtype, exclude_self):
                                OPS.row_relative_backward(w, rel, inv), **t)
     for a, b in zip(OPS.relaxed_contrastive_rows(cu(rel), cu(w), 1.0, 0.5), OPS.relaxed_contrastive_rows(rel, w, 1.0, 0.5)):
         torch.testing.assert_close(a.cpu(), b, **t)
+    for a, b in zip(OPS.relaxed_contrastive_rows(cu(rel), cu(w), 1.0, 0.5, n),  # memory columns: pull only
+                    OPS.relaxed_contrastive_rows(rel, w, 1.0, 0.5, n)):
+        torch.testing.assert_close(a.cpu(), b, **t)
     for a, b in zip(OPS.self_distillation_kl_rows(cu(rel), cu(dg), 0.5, exclude_self, 0.5),
                     OPS.self_distillation_kl_rows(rel, dg, 0.5, exclude_self, 0.5)):
         torch.testing.assert_close(a.cpu(), b, **t)
